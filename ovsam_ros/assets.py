@@ -189,7 +189,7 @@ def fetch_all() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovsam_ros.assets", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["fetch", "path"], help="fetch: download + verify; path: cache dir")
+    parser.add_argument("command", choices=["fetch", "path"], help="fetch or path")
     args = parser.parse_args(argv)
     if args.command == "path":
         print(cache_dir())
