@@ -1,0 +1,305 @@
+"""Every setting a user tunes, with one default, one description and one valid range each, in one place.
+
+The same dataclasses serve the ROS node (which declares one ROS parameter per field, with the
+description and range below as its descriptor), the CLI and the bag tool. Parameter names are the
+dotted ROS names, ``section.field`` (``model.preset``, ``vocab.top_k``, ...), which is also what a
+nested ``ros__parameters`` block in ``config/ovsam.yaml`` becomes in ROS 2.
+
+Fields marked ``dynamic`` may change while the node runs (thresholds, rates, the vocabulary); the
+others need a reconfigure (the node declares them read-only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+NODE_NAME = "ovsam_node"
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong name, type or value; the message names the parameter."""
+
+
+def _param(default: Any, description: str, *, choices: tuple[str, ...] = (),
+           range: tuple[float, float] | None = None, pattern: str = "", dynamic: bool = False) -> Any:
+    """A dataclass field carrying what the node needs to declare it as a ROS parameter."""
+    meta = {"description": description, "choices": choices, "range": range, "pattern": pattern,
+            "dynamic": dynamic}
+    return field(default=default, metadata=meta)
+
+
+def _check_field(section: str, f: dataclasses.Field, value: Any) -> Any:
+    """Coerce ints to floats where a float is expected; reject anything else that doesn't fit."""
+    name = f"{section}.{f.name}"
+    kind = type(f.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if meta["pattern"] and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(f"{name} {value!r} is not valid: {meta['description']}")
+    if meta["range"] is not None:
+        lo, hi = meta["range"]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name} must be in [{lo}, {hi}]; got {value!r}")
+    return value
+
+
+class _Section:
+    """Validation shared by every section: runs on construction, so an invalid config never exists."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, _check_field(self.section, f, getattr(self, f.name)))
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    section: ClassVar[str] = "model"
+
+    preset: str = _param("ovsam-lvis", "network preset (ovsam_ros.model.presets)",
+                         choices=("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip"))
+    weights_dir: str = _param("", "directory with the weight files; empty = the package cache "
+                                  "(~/.cache/ovsam_ros/weights)")
+    device: str = _param("auto", "auto (CUDA when available), cpu, cuda or cuda:N",
+                         pattern=r"auto|cpu|cuda(:\d+)?")
+    precision: str = _param("auto", "compute precision; auto = fp16 on CUDA, fp32 on CPU",
+                            choices=("auto", "fp32", "fp16", "bf16"))
+    recognition: str = _param("ensemble", "how masks are named: head (trained CLIP2SAM head), clip "
+                                          "(frozen CLIP only) or ensemble (both; best for novel classes)",
+                              choices=("ensemble", "head", "clip"))
+    clip_model: str = _param("", "open_clip model naming masks for mobilesam / sam-clip "
+                                 "(e.g. ViT-B-16); empty = no recognition for mobilesam")
+    sam_variant: str = _param("vit_h", "SAM image encoder of the sam-clip preset",
+                              choices=("vit_h", "vit_l", "vit_b"))
+    random_init: bool = _param(False, "random weights, no files (tests and benchmarks only; never a "
+                                      "fallback for missing weights)")
+
+
+@dataclass(frozen=True)
+class VocabConfig(_Section):
+    section: ClassVar[str] = "vocab"
+
+    vocabulary: str = _param("lvis", "vocabulary name (coco, lvis, imagenet21k, all) or a .txt/.yaml "
+                                     "file of class names", dynamic=True)
+    top_k: int = _param(5, "how many (name, probability) pairs each instance carries",
+                        range=(1, 100), dynamic=True)
+    score_threshold: float = _param(0.0, "top-1 probability below which an instance is unnamed "
+                                         "(label '', class_index -1)", range=(0.0, 1.0), dynamic=True)
+    text_threshold: float = _param(0.3, "probability a candidate mask needs to answer a text query",
+                                   range=(0.0, 1.0), dynamic=True)
+
+
+@dataclass(frozen=True)
+class EverythingConfig(_Section):
+    section: ClassVar[str] = "everything"
+
+    points_per_side: int = _param(32, "grid of point prompts per image side", range=(1, 128))
+    points_per_batch: int = _param(64, "grid points decoded per decoder call", range=(1, 4096))
+    pred_iou_threshold: float = _param(0.88, "minimum predicted IoU of a kept mask (decoders with an "
+                                             "IoU head)", range=(0.0, 1.0), dynamic=True)
+    stability_score_threshold: float = _param(0.95, "minimum stability score of a kept mask",
+                                              range=(0.0, 1.0), dynamic=True)
+    nms_threshold: float = _param(0.7, "box IoU above which the weaker of two masks is dropped",
+                                  range=(0.0, 1.0), dynamic=True)
+    min_area: int = _param(0, "minimum mask area in pixels", range=(0, 1 << 30), dynamic=True)
+    rate_hz: float = _param(1.0, "how often a standing 'everything' prompt is re-applied to the stream; "
+                                 "0 = only on request", range=(0.0, 100.0), dynamic=True)
+
+
+@dataclass(frozen=True)
+class StreamConfig(_Section):
+    """The streaming engine's settings (ovsam_ros.engine); :meth:`engine_config` hands them over."""
+
+    section: ClassVar[str] = "engine"
+
+    cache_size: int = _param(8, "encoded frames kept (ring buffer by stamp)", range=(1, 1024))
+    raw_buffer_size: int = _param(8, "raw frames kept for prompts that arrive later than their frame",
+                                  range=(0, 1024))
+    sync_slop_s: float = _param(0.05, "largest stamp difference for a prompt to match a frame (s)",
+                                range=(0.0, 10.0), dynamic=True)
+    prompt_wait_s: float = _param(0.2, "how long a prompt newer than the newest frame waits for it (s)",
+                                  range=(0.0, 10.0), dynamic=True)
+    max_prompt_age_s: float = _param(2.0, "prompts older than this (vs the newest frame) are dropped (s)",
+                                     range=(0.0, 3600.0), dynamic=True)
+    encode_mode: str = _param("auto", "on_demand: encode only prompted frames; continuous: every frame "
+                                      "up to the rate cap; auto: continuous while standing prompts exist",
+                              choices=("on_demand", "continuous", "auto"), dynamic=True)
+    max_encode_rate_hz: float = _param(5.0, "cap on image encodes per second; 0 = no cap",
+                                       range=(0.0, 1000.0), dynamic=True)
+    prompt_queue_size: int = _param(64, "pending prompts kept; the oldest are dropped beyond this",
+                                    range=(1, 100000))
+
+    def engine_config(self) -> Any:
+        """The engine's own ``EngineConfig`` (imported lazily: the engine needs torch threads)."""
+        from ovsam_ros.engine import EngineConfig
+
+        return EngineConfig(**dataclasses.asdict(self))
+
+
+_TOPIC = r"[~/]?[A-Za-z_][A-Za-z0-9_/{}~]*"
+
+
+@dataclass(frozen=True)
+class NodeConfig(_Section):
+    section: ClassVar[str] = "node"
+
+    image_topic: str = _param("image", "input image topic (raw); with image_transport compressed, "
+                                       "<image_topic>/compressed is read", pattern=_TOPIC)
+    camera_info_topic: str = _param("camera_info", "camera intrinsics topic", pattern=_TOPIC)
+    depth_topic: str = _param("depth", "depth image aligned to the image (16UC1 mm or 32FC1 m)",
+                              pattern=_TOPIC)
+    use_depth: bool = _param(False, "subscribe to depth and publish 3D detections and markers")
+    image_qos: str = _param("sensor_data", "QoS of image/depth/camera_info subscriptions",
+                            choices=("sensor_data", "reliable"))
+    image_transport: str = _param("raw", "how the image arrives", choices=("raw", "compressed"))
+    camera_frame: str = _param("", "optical frame clicks are transformed into; empty = the image's "
+                                   "header.frame_id")
+    tf_timeout_s: float = _param(0.1, "how long to wait for a transform of a clicked point (s)",
+                                 range=(0.0, 10.0), dynamic=True)
+    publish_instances: bool = _param(True, "publish ~/instances (InstanceArray)", dynamic=True)
+    publish_detections: bool = _param(True, "publish ~/detections (vision_msgs/Detection2DArray)",
+                                      dynamic=True)
+    publish_instance_image: bool = _param(True, "publish ~/instance_image (mono16 instance ids)",
+                                          dynamic=True)
+    publish_class_image: bool = _param(True, "publish ~/class_image (mono16) and ~/label_info",
+                                       dynamic=True)
+    publish_overlay: bool = _param(True, "publish ~/overlay (drawn only while someone subscribes)",
+                                   dynamic=True)
+    publish_3d: bool = _param(True, "publish ~/detections_3d and ~/markers (needs use_depth)",
+                              dynamic=True)
+    diagnostics_rate_hz: float = _param(1.0, "diagnostics publishing rate; 0 = off",
+                                        range=(0.0, 100.0))
+    autostart: bool = _param(False, "configure and activate on start-up (for ros2 run without the "
+                                    "launch file)")
+
+
+@dataclass(frozen=True)
+class OvsamConfig:
+    """All settings; build it with :func:`load_config` or :func:`config_from_parameters`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    everything: EverythingConfig = field(default_factory=EverythingConfig)
+    engine: StreamConfig = field(default_factory=StreamConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+    def to_parameters(self) -> dict[str, Any]:
+        """Flat ``{"section.field": value}``, the form ROS parameters take."""
+        return {spec.name: getattr(getattr(self, spec.section), spec.field)
+                for spec in parameter_specs()}
+
+    def updated(self, changes: Mapping[str, Any]) -> OvsamConfig:
+        """A copy with some dotted parameters changed, validated like a fresh load."""
+        return config_from_parameters({**self.to_parameters(), **changes})
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    f.name: f.default_factory for f in dataclasses.fields(OvsamConfig)  # type: ignore[misc]
+}
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """What the node needs to declare one ROS parameter with a descriptor."""
+
+    name: str
+    section: str
+    field: str
+    default: Any
+    type: type
+    description: str
+    choices: tuple[str, ...]
+    range: tuple[float, float] | None
+    dynamic: bool
+
+
+def parameter_specs() -> list[ParameterSpec]:
+    """Every parameter, in declaration order, with its default, description and valid range."""
+    specs = []
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            m = f.metadata
+            specs.append(ParameterSpec(f"{section}.{f.name}", section, f.name, f.default, type(f.default),
+                                       m["description"], m["choices"], m["range"], m["dynamic"]))
+    return specs
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def config_from_parameters(params: Mapping[str, Any]) -> OvsamConfig:
+    """Build and validate a config from dotted (or nested) names; missing ones take their default."""
+    flat = dict(_flatten(params))
+    known = {spec.name: spec for spec in parameter_specs()}
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, known, n=1)) or '?'})"
+                 for n in unknown]
+        raise ConfigError(f"unknown parameter(s): {'; '.join(hints)}")
+    per_section: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+    for name, value in flat.items():
+        per_section[known[name].section][known[name].field] = value
+    return OvsamConfig(**{section: _SECTIONS[section](**kwargs)
+                          for section, kwargs in per_section.items()})
+
+
+def _node_matches(key: str, node_name: str) -> bool:
+    """ROS 2 params-file keys: ``/**``, ``node``, ``/node``, ``/ns/node``, ``/ns/*``."""
+    if key in ("/**", "**"):
+        return True
+    last = key.rstrip("/").rsplit("/", 1)[-1]
+    return last in (node_name, "*")
+
+
+def load_config(path: str | Path | None = None, node_name: str = NODE_NAME) -> OvsamConfig:
+    """Read a ROS 2 params file (``<node>: ros__parameters: {...}``) into a validated config.
+
+    Blocks for ``/**`` and for the node (with or without a namespace) are merged in file order,
+    as ROS 2 does. ``None`` gives the defaults. A file without ``ros__parameters`` is read as the
+    parameter tree itself, so a plain settings file works for the CLI too.
+    """
+    if path is None:
+        return OvsamConfig()
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if doc is None:
+        return OvsamConfig()
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    blocks = [v["ros__parameters"] for k, v in doc.items()
+              if isinstance(v, Mapping) and "ros__parameters" in v and _node_matches(str(k), node_name)]
+    if not blocks and not any(isinstance(v, Mapping) and "ros__parameters" in v for v in doc.values()):
+        blocks = [doc]
+    merged: dict[str, Any] = {}
+    for block in blocks:
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"config {path}: ros__parameters must be a mapping")
+        merged.update(_flatten(block))
+    try:
+        return config_from_parameters(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+

@@ -1,0 +1,98 @@
+"""The typed config: the shipped params file, ROS params-file layouts, validation, parameter specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ovsam_ros.config import (
+    ConfigError,
+    EverythingConfig,
+    ModelConfig,
+    OvsamConfig,
+    config_from_parameters,
+    load_config,
+    parameter_specs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_lists_every_parameter_with_its_default():
+    doc = yaml.safe_load((ROOT / "config" / "ovsam.yaml").read_text())
+    block = doc["ovsam_node"]["ros__parameters"]
+    listed = {f"{section}.{name}" for section, fields in block.items() for name in fields}
+    assert listed == {spec.name for spec in parameter_specs()}
+    assert load_config(ROOT / "config" / "ovsam.yaml") == OvsamConfig()
+
+
+def test_specs_carry_descriptor_data():
+    specs = {s.name: s for s in parameter_specs()}
+    assert specs["vocab.top_k"].range == (1, 100) and specs["vocab.top_k"].type is int
+    assert specs["model.precision"].choices == ("auto", "fp32", "fp16", "bf16")
+    assert specs["vocab.vocabulary"].dynamic and not specs["model.preset"].dynamic
+    assert all(s.description for s in specs.values())
+    assert all(type(s.default) is s.type for s in specs.values())
+
+
+def test_nested_dotted_namespaced_and_wildcard_blocks_merge(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "/**:\n  ros__parameters:\n    vocab: {top_k: 3}\n    model.device: cpu\n"
+        "/robot/ovsam_node:\n  ros__parameters:\n    model: {preset: mobilesam, device: 'cuda:1'}\n"
+        "    everything.rate_hz: 2\n"
+        "other_node:\n  ros__parameters:\n    not_ours: 1\n"
+    )
+    cfg = load_config(path)
+    assert cfg.vocab.top_k == 3
+    assert cfg.model.preset == "mobilesam" and cfg.model.device == "cuda:1"
+    assert cfg.everything.rate_hz == 2.0 and isinstance(cfg.everything.rate_hz, float)
+    with pytest.raises(ConfigError, match="not_ours"):
+        load_config(path, node_name="other_node")
+
+
+def test_plain_tree_without_ros_parameters(tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text("engine:\n  encode_mode: on_demand\n")
+    assert load_config(path).engine.encode_mode == "on_demand"
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    ({"model.precision": "fp8"}, ["model.precision", "fp16"]),
+    ({"model.device": "gpu0"}, ["model.device", "cuda:N"]),
+    ({"vocab.top_k": 0}, ["vocab.top_k", "[1, 100]"]),
+    ({"vocab.top_k": 2.5}, ["vocab.top_k", "int"]),
+    ({"vocab.score_threshold": 1.5}, ["vocab.score_threshold"]),
+    ({"node.use_depth": "yes"}, ["node.use_depth", "bool"]),
+    ({"node.image_qos": "best_effort"}, ["sensor_data", "reliable"]),
+    ({"node.image_topic": "bad topic"}, ["node.image_topic"]),
+    ({"vocab.topk": 3}, ["vocab.topk", "vocab.top_k"]),
+])
+def test_bad_values_name_the_parameter(params, words):
+    with pytest.raises(ConfigError) as err:
+        config_from_parameters(params)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ovsam_node:\n  ros__parameters:\n    engine: {cache_size: -1}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*engine\.cache_size"):
+        load_config(bad)
+    assert load_config(None) == OvsamConfig()
+
+
+def test_sections_validate_on_construction_and_update_round_trips():
+    with pytest.raises(ConfigError):
+        EverythingConfig(nms_threshold=2.0)
+    with pytest.raises(ConfigError):
+        ModelConfig(preset="sam-9000")
+    cfg = OvsamConfig()
+    changed = cfg.updated({"vocab.vocabulary": "coco", "engine.max_encode_rate_hz": 10})
+    assert changed.vocab.vocabulary == "coco" and changed.engine.max_encode_rate_hz == 10.0
+    assert cfg.vocab.vocabulary == "lvis"
+    assert config_from_parameters(changed.to_parameters()) == changed
