@@ -1,0 +1,37 @@
+"""What the engine needs from the network: encode a frame once, answer a batch of prompts on it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ovsam_ros.model.base import ImageFeatures
+    from ovsam_ros.predictor import Predictor
+    from ovsam_ros.prompts import Prompt
+    from ovsam_ros.results import Instance
+
+
+@runtime_checkable
+class FrameProcessor(Protocol):
+    """``encode`` runs once per frame (the expensive part); ``answer`` gets ALL prompts that hit one
+    frame in one call, so they are decoded as one batch. Both run on the engine's worker thread only."""
+
+    def encode(self, image: np.ndarray) -> ImageFeatures: ...
+
+    def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]: ...
+
+
+class PredictorProcessor:
+    """The engine's view of :class:`ovsam_ros.predictor.Predictor`; typed lazily so that importing the
+    engine loads no model code."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def encode(self, image: np.ndarray) -> ImageFeatures:
+        return self.predictor.encode(image)
+
+    def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
+        return self.predictor.predict_prompts(features, prompts)
