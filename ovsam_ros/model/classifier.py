@@ -1,0 +1,86 @@
+"""Open-vocabulary classifier: cosine similarity with CLIP text embeddings, max over synonyms.
+
+Embeddings come as ``[C, P, D]`` (P synonyms per class, padded by repeating the first) and are kept
+flat as ``[C * P, D]`` so that any vocabulary, 21,843 ImageNet-21k classes included, is ONE matrix
+multiply on the device. Logits are ``exp(4.6052)`` (computed in float32, = 100.00296) times the
+best synonym's cosine; a background logit of 0 is appended last, as in the released head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOGIT_SCALE: float = float(torch.tensor(4.6052, dtype=torch.float32).exp())
+_NORM_TOLERANCE = 5e-3  # fp16 embeddings carry ~1e-3 norm error
+
+
+class EmbeddingError(ValueError):
+    """Text embeddings or class selections that do not fit the classifier."""
+
+
+def pad_synonyms(per_class: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack per-class ``[P_c, D]`` synonym embeddings into ``[C, max P_c, D]``, padding a class by
+    repeating its first synonym (a repeat cannot change the max over synonyms)."""
+    if not per_class or any(e.dim() != 2 or e.shape[0] == 0 for e in per_class):
+        raise EmbeddingError("each class needs a non-empty [P, D] synonym embedding")
+    most = max(e.shape[0] for e in per_class)
+    return torch.stack([torch.cat([e, e[:1].expand(most - e.shape[0], -1)]) for e in per_class])
+
+
+class TextClassifier(nn.Module):
+    """Region features ``[N, D]`` -> logits ``[N, C + 1]`` (last column = background, always 0)."""
+
+    def __init__(self, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_classes = 0
+        self.num_synonyms = 0
+        self.register_buffer("weight", torch.zeros(0, embed_dim), persistent=False)
+
+    def set_embeddings(self, embeddings: torch.Tensor) -> None:
+        """``[C, P, D]`` L2-normalised rows; kept in this module's device and dtype."""
+        if embeddings.dim() != 3 or embeddings.shape[-1] != self.embed_dim or 0 in embeddings.shape[:2]:
+            raise EmbeddingError(f"text embeddings must be [C, P, {self.embed_dim}] with C, P >= 1, "
+                                 f"got {tuple(embeddings.shape)}")
+        if not torch.isfinite(embeddings).all():
+            raise EmbeddingError("text embeddings contain NaN or infinite values")
+        norms = embeddings.float().norm(dim=-1)
+        if ((norms - 1).abs() > _NORM_TOLERANCE).any():
+            raise EmbeddingError(f"text embeddings must be L2-normalised per synonym "
+                                 f"(norms {norms.min():.4f}..{norms.max():.4f})")
+        c, p, d = embeddings.shape
+        self.weight = embeddings.reshape(c * p, d).to(self.weight.device, self.weight.dtype).contiguous()
+        self.num_classes, self.num_synonyms = c, p
+
+    def class_indices(self, classes: torch.Tensor) -> torch.Tensor:
+        """A bool ``[C]`` mask or integer indices -> validated indices on this module's device."""
+        classes = classes.to(self.weight.device)
+        if classes.dtype == torch.bool:
+            if classes.shape != (self.num_classes,):
+                raise EmbeddingError(f"class mask must be [{self.num_classes}], got {tuple(classes.shape)}")
+            classes = classes.nonzero().flatten()
+        if classes.dim() != 1 or classes.numel() == 0 or classes.is_floating_point():
+            raise EmbeddingError("class subset must be a non-empty 1-D integer index tensor or a bool mask")
+        if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
+            raise EmbeddingError(f"class indices must lie in [0, {self.num_classes})")
+        return classes
+
+    def forward(self, features: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """``classes`` (validated indices, see :meth:`class_indices`) restricts the vocabulary; the
+        output then has ``len(classes) + 1`` columns in that order, background last."""
+        if self.num_classes == 0:
+            raise EmbeddingError("no text embeddings set: call set_text_embeddings first")
+        if features.dim() != 2 or features.shape[1] != self.embed_dim:
+            raise EmbeddingError(f"region features must be [N, {self.embed_dim}], "
+                                 f"got {tuple(features.shape)}")
+        weight = self.weight
+        if classes is not None:
+            weight = weight.view(self.num_classes, self.num_synonyms, -1)[classes].flatten(0, 1)
+        x = F.normalize(features, dim=-1).to(weight.dtype)
+        cosine = (x @ weight.T).view(x.shape[0], -1, self.num_synonyms).amax(dim=-1)
+        logits = cosine.float() * LOGIT_SCALE
+        return torch.cat([logits, logits.new_zeros(logits.shape[0], 1)], dim=1)

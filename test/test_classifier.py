@@ -1,0 +1,118 @@
+"""The cosine classifier against the released formula, at 21,843 classes in one matmul."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ovsam_ros.model.classifier import LOGIT_SCALE, EmbeddingError, TextClassifier, pad_synonyms
+
+
+def _embeddings(c: int, p: int, d: int = 768, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(c, p, d, generator=gen), dim=-1)
+
+
+def _released_formula(features: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """The head's forward_logit as documented: [D, C+1, P] with a zero background class, einsum,
+    max over synonyms, times exp(4.6052) computed in float32."""
+    _, p, d = emb.shape
+    table = torch.cat([emb, torch.zeros(1, p, d)]).permute(2, 0, 1)
+    cos = torch.einsum("nc,ckp->nkp", F.normalize(features, dim=-1), table).max(-1).values
+    return torch.tensor(4.6052, dtype=torch.float32).exp() * cos
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_logit_scale_is_exp_of_4_6052_in_float32():
+    assert abs(LOGIT_SCALE - 100.00296) < 1e-5
+    assert torch.tensor(4.6052, dtype=torch.float32).exp().item() == LOGIT_SCALE
+
+
+def test_matches_the_released_formula_with_background_last():
+    emb = _embeddings(20, 3)
+    clf = TextClassifier()
+    clf.set_embeddings(emb)
+    feats = torch.randn(5, 768) * 7.0
+    feats[2] = emb[4, 1] * 3.0  # a region that is exactly class 4's second synonym
+    logits = clf(feats)
+    assert logits.shape == (5, 21)
+    assert torch.equal(logits[:, -1], torch.zeros(5))
+    assert (logits - _released_formula(feats, emb)).abs().max().item() <= 1e-4
+    assert logits[2, :-1].argmax().item() == 4
+    assert logits[2, 4].item() == pytest.approx(LOGIT_SCALE, abs=1e-3)
+
+
+def test_padding_repeats_the_first_synonym_and_cannot_change_the_max():
+    emb = _embeddings(3, 4)
+    ragged = [emb[0, :1], emb[1, :4], emb[2, :2]]
+    padded = pad_synonyms(ragged)
+    assert padded.shape == (3, 4, 768)
+    assert torch.equal(padded[0], emb[0, :1].expand(4, -1))
+    assert torch.equal(padded[2, 2:], emb[2, :1].expand(2, -1))
+    clf = TextClassifier()
+    clf.set_embeddings(padded)
+    feats = torch.randn(6, 768)
+    want = torch.stack([(F.normalize(feats, dim=-1) @ e.T).amax(-1) for e in ragged], dim=1) * LOGIT_SCALE
+    assert (clf(feats)[:, :-1] - want).abs().max().item() <= 1e-4
+
+
+def test_imagenet21k_sized_vocabulary_is_one_matmul():
+    emb = _embeddings(21_843, 2)
+    clf = TextClassifier()
+    clf.set_embeddings(emb)
+    feats = torch.randn(4, 768)
+    with torch.no_grad(), _CountOps() as ops:
+        logits = clf(feats)
+    assert logits.shape == (4, 21_844)
+    assert sum(name in ("mm", "addmm", "bmm", "matmul") for name in ops.names) == 1
+    pick = torch.tensor([0, 7, 12_345, 21_842])
+    assert (logits[:, pick] - _released_formula(feats, emb[pick])[:, :-1]).abs().max().item() <= 1e-4
+
+
+def test_subset_restriction_by_indices_and_by_mask():
+    emb = _embeddings(10, 2)
+    clf = TextClassifier()
+    clf.set_embeddings(emb)
+    feats = torch.randn(3, 768)
+    full = clf(feats)
+    idx = clf.class_indices(torch.tensor([7, 2, 5]))
+    sub = clf(feats, idx)
+    assert sub.shape == (3, 4)
+    assert torch.allclose(sub[:, :-1], full[:, [7, 2, 5]], atol=1e-4)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[2, 5, 7]] = True
+    assert torch.allclose(clf(feats, clf.class_indices(mask))[:, :-1], full[:, [2, 5, 7]], atol=1e-4)
+
+
+def test_bad_embeddings_and_features_raise_clear_errors():
+    clf = TextClassifier()
+    with pytest.raises(EmbeddingError, match="no text embeddings"):
+        clf(torch.randn(1, 768))
+    with pytest.raises(EmbeddingError, match=r"\[C, P, 768\]"):
+        clf.set_embeddings(torch.randn(4, 768))
+    with pytest.raises(EmbeddingError, match="L2-normalised"):
+        clf.set_embeddings(torch.randn(4, 2, 768))
+    bad = _embeddings(4, 2)
+    bad[1, 1, 3] = float("nan")
+    with pytest.raises(EmbeddingError, match="NaN"):
+        clf.set_embeddings(bad)
+    clf.set_embeddings(_embeddings(4, 2))
+    with pytest.raises(EmbeddingError, match=r"\[N, 768\]"):
+        clf(torch.randn(2, 512))
+    with pytest.raises(EmbeddingError, match=r"\[0, 4\)"):
+        clf.class_indices(torch.tensor([1, 4]))
+    with pytest.raises(EmbeddingError, match="mask"):
+        clf.class_indices(torch.ones(3, dtype=torch.bool))
+    with pytest.raises(EmbeddingError):
+        pad_synonyms([])
