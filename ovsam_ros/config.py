@@ -166,6 +166,8 @@ class NodeConfig(_Section):
     image_qos: str = _param("sensor_data", "QoS of image/depth/camera_info subscriptions",
                             choices=("sensor_data", "reliable"))
     image_transport: str = _param("raw", "how the image arrives", choices=("raw", "compressed"))
+    rectified_image: bool = _param(False, "the image is rectified (image_rect): project with CameraInfo P "
+                                          "and no distortion; false = K and D (image_raw)")
     camera_frame: str = _param("", "optical frame clicks are transformed into; empty = the image's "
                                    "header.frame_id")
     tf_timeout_s: float = _param(0.1, "how long to wait for a transform of a clicked point (s)",

@@ -1,0 +1,157 @@
+"""sensor_msgs Image / CompressedImage <-> numpy, with the checks cv_bridge leaves to a crash.
+
+Written here rather than taken from cv_bridge so that the bag tool and the tests work without ROS,
+and so every malformed image (unknown encoding, wrong size, short buffer, padding, big-endian data)
+becomes a :class:`ConversionError` with the reason, never a reshape error deep inside numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ovsam_ros.ros.factory import MessageFactory
+
+
+class ConversionError(ValueError):
+    """A message that cannot be turned into an array (or back); the message says why."""
+
+
+# encoding -> (dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+
+def _layout(encoding: str) -> tuple[np.dtype, int]:
+    try:
+        return ENCODINGS[encoding]
+    except KeyError:
+        raise ConversionError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}") from None
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """A native-endian copy, ``[H, W]`` for one channel and ``[H, W, C]`` otherwise."""
+    dtype, channels = _layout(msg.encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ConversionError(f"empty image ({width}x{height}, encoding {msg.encoding})")
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ConversionError(f"image step {step} is smaller than width x pixel size = {row_bytes} "
+                              f"({width} px of {msg.encoding})")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size != step * height:
+        raise ConversionError(f"image data has {buf.size} bytes; step x height = {step} x {height} = "
+                              f"{step * height}")
+    rows = buf.reshape(height, step)[:, :row_bytes].copy()  # never alias the message buffer
+    pixels = rows.view(dtype.newbyteorder(">" if msg.is_bigendian else "<"))
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return pixels.reshape(shape).astype(dtype, copy=False)
+
+
+def to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB from any colour or mono8 encoding: what the model takes."""
+    if encoding not in COLOR_ENCODINGS:
+        raise ConversionError(f"a {encoding} image is not a colour image; the model needs one of "
+                              f"{', '.join(COLOR_ENCODINGS)}")
+    if encoding == "mono8":
+        return np.ascontiguousarray(np.repeat(pixels[:, :, None], 3, axis=2))
+    rgb = pixels[:, :, :3] if encoding.startswith("rgb") else pixels[:, :, 2::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def numpy_to_image(factory: MessageFactory, pixels: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """A little-endian, unpadded sensor_msgs/Image; the array must match the encoding exactly."""
+    dtype, channels = _layout(encoding)
+    pixels = np.asarray(pixels)
+    expected_ndim = 2 if channels == 1 else 3
+    if pixels.ndim != expected_ndim or (channels > 1 and pixels.shape[2] != channels):
+        raise ConversionError(f"{encoding} needs an array of shape "
+                              f"{'[H, W]' if channels == 1 else f'[H, W, {channels}]'}, got {pixels.shape}")
+    if pixels.dtype != dtype:
+        raise ConversionError(f"{encoding} needs dtype {dtype}, got {pixels.dtype}")
+    height, width = pixels.shape[:2]
+    data = np.ascontiguousarray(pixels, dtype=dtype.newbyteorder("<")).view(np.uint8).reshape(-1)
+    fields = {} if header is None else {"header": header}
+    return factory.make("sensor_msgs/msg/Image", height=height, width=width, encoding=encoding,
+                        is_bigendian=0, step=width * channels * dtype.itemsize, data=data, **fields)
+
+
+def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
+    """Decode a CompressedImage (jpeg/png, and 16-bit png ``compressedDepth``) to (pixels, encoding).
+
+    Colour comes back as bgr8/bgra8, as OpenCV decodes it; :func:`to_rgb` takes it from there.
+    """
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    fmt = str(msg.format)
+    if "compresseddepth" in fmt.lower():
+        if not fmt.startswith("16UC1"):
+            raise ConversionError(f"compressedDepth is supported for 16UC1 only, got format {fmt!r}")
+        buf = buf[12:]  # image_transport's compressedDepth header (format + two quantisation floats)
+    if buf.size == 0:
+        raise ConversionError(f"empty compressed image (format {fmt!r})")
+    pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ConversionError(f"cannot decode compressed image ({buf.size} bytes, format {fmt!r})")
+    if pixels.ndim == 2:
+        return pixels, "mono8" if pixels.dtype == np.uint8 else "16UC1"
+    if pixels.dtype != np.uint8:
+        raise ConversionError(f"compressed colour image with {pixels.dtype} samples is not supported")
+    return pixels, "bgra8" if pixels.shape[2] == 4 else "bgr8"
+
+
+def numpy_to_compressed(factory: MessageFactory, pixels: np.ndarray, encoding: str, header: Any = None,
+                        fmt: str = "jpeg", quality: int = 90) -> Any:
+    """A CompressedImage as image_transport's compressed publisher writes it (``format`` included)."""
+    if fmt not in ("jpeg", "png"):
+        raise ConversionError(f"compressed format must be jpeg or png, got {fmt!r}")
+    if encoding in ("rgb8", "rgba8"):
+        code = cv2.COLOR_RGB2BGR if encoding == "rgb8" else cv2.COLOR_RGBA2BGRA
+        pixels, coded = cv2.cvtColor(pixels, code), "bgr8" if encoding == "rgb8" else "bgra8"
+    elif encoding in ("bgr8", "bgra8", "mono8") or (encoding in ("mono16", "16UC1") and fmt == "png"):
+        coded = encoding
+    else:
+        raise ConversionError(f"cannot compress a {encoding} image as {fmt}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, data = cv2.imencode(f".{fmt}", pixels, params)
+    if not ok:
+        raise ConversionError(f"OpenCV could not encode a {pixels.shape} {encoding} image as {fmt}")
+    fields = {} if header is None else {"header": header}
+    return factory.make("sensor_msgs/msg/CompressedImage", format=f"{encoding}; {fmt} compressed {coded}",
+                        data=data.reshape(-1), **fields)
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """RGB pixels for the model from an Image or a CompressedImage message."""
+    if hasattr(msg, "format"):
+        pixels, encoding = compressed_to_numpy(msg)
+    else:
+        pixels, encoding = image_to_numpy(msg), msg.encoding
+    return to_rgb(pixels, encoding)
+
+
+def depth_to_meters(msg: Any) -> np.ndarray:
+    """float32 metres from a 16UC1/mono16 (millimetres) or 32FC1 (metres) depth image; NaN = no depth."""
+    if msg.encoding not in ("16UC1", "mono16", "32FC1"):
+        raise ConversionError(f"depth must be 16UC1 (mm) or 32FC1 (m), got {msg.encoding!r}")
+    depth = image_to_numpy(msg)
+    if depth.dtype == np.uint16:
+        meters = depth.astype(np.float32) * np.float32(0.001)
+        meters[depth == 0] = np.nan
+        return meters
+    depth = depth.copy()
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
+
