@@ -1,0 +1,44 @@
+"""The frozen-CLIP branch of the released open-vocabulary ensemble.
+
+The trained CLIP2SAM head names novel classes poorly; the frozen CLIP tower has not forgotten them.
+So the box is RoIAligned on C5 (stride 32) to exactly the grid CLIP's attention pool was trained
+on (12x12 for RN50x16 at 384 px), and CLIP's own attention pool turns it into a 768-d embedding in
+the text space. The box is the prompt box, or the predicted mask's box where the prompt has none
+(clicks, everything mode, text candidates); the official evaluation fed ground-truth boxes here,
+which a robot never has.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from ovsam_ros.model.clip2sam import RoIInputError, boxes_to_rois
+
+
+class ClipBranch(nn.Module):
+    """C5 ``[1, C, H, W]`` + boxes ``[N, 4]`` (input pixels) -> CLIP image embeddings ``[N, D]``.
+
+    ``attnpool`` is the CLIP tower's own attention pool (open_clip ``AttentionPool2d``); the RoI size
+    is read off its positional embedding (``side * side + 1`` rows).
+    """
+
+    def __init__(self, attnpool: nn.Module, stride: int = 32) -> None:
+        super().__init__()
+        self.attnpool = attnpool
+        self.stride = stride
+        cells = attnpool.positional_embedding.shape[0] - 1
+        self.roi_size = math.isqrt(cells)
+        if self.roi_size * self.roi_size != cells:
+            raise ValueError(f"attention pool has {cells} positions, not a square grid")
+
+    def forward(self, c5: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        if c5.dim() != 4 or c5.shape[0] != 1:
+            raise RoIInputError(f"C5 must be one image [1, C, H, W], got {tuple(c5.shape)}")
+        rois = boxes_to_rois(boxes.to(c5.dtype))
+        crops = roi_align(c5, rois, self.roi_size, spatial_scale=1.0 / self.stride, sampling_ratio=0,
+                          aligned=True)
+        return self.attnpool(crops)
