@@ -18,9 +18,9 @@ from torch import nn
 class ImageFeatures:
     """Everything decoding and recognition need for one frame, so a prompt never re-runs the encoder.
 
-    ``embedding`` is SAM's ``[1, 256, 64, 64]`` image embedding. ``clip_levels`` holds the CLIP
-    tower's stage outputs the recognizer needs (OVSAM: C2..C5; SAM + CLIP: the CLIP feature map);
-    empty when the preset has no recognition. ``input_size`` is the (h, w) of the resized image
+    ``embedding`` is SAM's ``[1, 256, 64, 64]`` image embedding. ``clip_levels`` holds the per-frame
+    CLIP features the recognizer needs (OVSAM: FPN levels P2..P5 and C5; SAM + CLIP: the CLIP feature
+    map); empty when the preset has no recognition. ``input_size`` is the (h, w) of the resized image
     inside the padded square and ``original_size`` the (h, w) of the image given to ``set_image``.
     """
 
@@ -45,10 +45,13 @@ class ImageFeatures:
 
 @dataclass
 class DecoderOutput:
-    """``low_res_logits`` ``[N, M, 256, 256]``; ``iou_pred`` ``[N, M]`` or None without an IoU head."""
+    """``low_res_logits`` ``[N, M, 256, 256]``; ``iou_pred`` ``[N, M]`` or None without an IoU head;
+    ``label_embedding`` ``[N, D]`` from a decoder with a label token (OVSAM), else None: pass it on to
+    the recognizer."""
 
     low_res_logits: torch.Tensor
     iou_pred: torch.Tensor | None
+    label_embedding: torch.Tensor | None = None
 
 
 class Recognizer(nn.Module):
@@ -72,10 +75,12 @@ class Recognizer(nn.Module):
         features: ImageFeatures,
         low_res_logits: torch.Tensor,
         prompt_boxes: torch.Tensor | None = None,
+        label_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``low_res_logits`` ``[N, 256, 256]`` (the chosen mask per prompt); ``prompt_boxes``
         ``[N, 4]`` in the padded input frame, or None where the prompt had no box (then the box of
-        the predicted mask is used). Returns probabilities ``[N, C + 1]``."""
+        the predicted mask is used); ``label_embedding`` is ``DecoderOutput.label_embedding``
+        (recognizers without a use for it ignore it). Returns probabilities ``[N, C + 1]``."""
         raise NotImplementedError
 
 
