@@ -92,7 +92,12 @@ class Segmenter(nn.Module):
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     num_mask_tokens: int = 1
     resize_mode: str = "cv2"
-    recognizer: Recognizer | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An instance attribute, not a class default: a class-level None would shadow the submodule
+        # that nn.Module keeps in _modules once a subclass assigns a recognizer.
+        self.recognizer: Recognizer | None = None
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """``images`` ``[B, 3, S, S]`` normalised and padded. Returns the SAM embedding and the

@@ -9,6 +9,7 @@ does not have are reported, never silently dropped.
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,8 +23,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not fit the module."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or pickled ``.pt``/``.pth`` file into a flat CPU state dict."""
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or pickled ``.pt``/``.pth`` file into a flat CPU state dict.
+
+    ``mmap`` maps a zip-format pickle instead of reading it whole, for taking a few tensors out of a
+    big file (OVSAM reads only the prompt encoder of the 2.5 GB SAM ViT-H file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -32,7 +36,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True,
+                         mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # torch and safetensors raise many types for a bad file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
