@@ -58,7 +58,8 @@ class _Pending:
 
 @dataclass(eq=False)
 class _Job:
-    """Answer ``prompts`` from ``frame`` (a cache hit), or encode ``raw`` first."""
+    """Answer ``prompts`` from ``frame`` (a cache hit), or encode ``raw`` first and answer ``prompts``
+    (taken out of the pending queue) with the standing prompts and any that match it meanwhile."""
 
     frame: EncodedFrame | None = None
     raw: RawFrame | None = None
@@ -346,6 +347,7 @@ class Engine:
         for stamp in sorted(groups):
             if stamp in self._raw:
                 self._last_encode = now
+                self._remove_pending_locked(groups[stamp])  # in flight: safe from queue overflow
                 return _Job(raw=self._raw.pop(stamp), prompts=groups[stamp]), None
         newest = self._cache.newest()
         decision = self._policy.choose(self._raw.stamps(), None if newest is None else newest.stamp,
@@ -370,11 +372,9 @@ class Engine:
             self._stats.count("encode_errors")
             message = f"encoding frame {raw.frame_id!r} at {raw.stamp:.6f}: {type(exc).__name__}: {exc}"
             with self._cond:
-                still = [p for p in job.prompts if p in self._pending]
-                self._remove_pending_locked(still)
-                for pending in still:
+                for pending in job.prompts:
                     self._reject_locked(pending.prompt, RejectReason.FAILED, message)
-                if not still:
+                if not job.prompts:
                     self._reports.append((f"{RejectReason.FAILED.value}: {message}", None))
                 reports = self._drain_reports_locked()
             self._report(reports)
@@ -386,8 +386,9 @@ class Engine:
         with self._cond:
             self._cache.add(frame.stamp, frame)
             groups, _ = self._resolve_locked(self._now(), flush, just_encoded=frame.stamp)
-            one_off = groups.get(frame.stamp, [])
-            self._remove_pending_locked(one_off)
+            arrived = groups.get(frame.stamp, [])  # matched this frame while it was being encoded
+            self._remove_pending_locked(arrived)
+            one_off = job.prompts + arrived
             standing = [p for group in self._standing.values() for p in group]
             reports = self._drain_reports_locked()
             self._touch_locked()

@@ -63,7 +63,8 @@ def match_stamp(stamp: float, encoded: Sequence[float], raw: Sequence[float], *,
             MatchAction.WAIT)
     target = newest if stamp == 0 else stamp
     candidates = _neighbours(encoded, target, True) + _neighbours(raw, target, False)
-    best, is_encoded = min(candidates, key=lambda c: (abs(c[0] - target), not c[1], c[0]))
+    # Distances compared at nanosecond resolution (ROS stamps), so float noise cannot break a tie.
+    best, is_encoded = min(candidates, key=lambda c: (round(abs(c[0] - target), 9), not c[1], c[0]))
     distance = abs(best - target)
     if distance <= slop + _EPS:
         return Match(MatchAction.USE, stamp=best, encoded=is_encoded)
