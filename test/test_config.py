@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from ovsam_ros.config import (
     load_config,
     parameter_specs,
 )
+from ovsam_ros.engine import EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +98,15 @@ def test_sections_validate_on_construction_and_update_round_trips():
     assert changed.vocab.vocabulary == "coco" and changed.engine.max_encode_rate_hz == 10.0
     assert cfg.vocab.vocabulary == "lvis"
     assert config_from_parameters(changed.to_parameters()) == changed
+
+
+def test_stream_section_hands_over_to_the_engine():
+    ours = {f.name for f in dataclasses.fields(OvsamConfig().engine)}
+    theirs = {f.name for f in dataclasses.fields(EngineConfig)}
+    assert ours <= theirs and theirs - ours == {"keep_images"}  # keep_images follows node.publish_overlay
+    handed = OvsamConfig().updated({"engine.encode_mode": "continuous", "engine.cache_size": 3}).engine
+    engine = handed.engine_config()
+    assert engine.cache_size == 3 and engine.encode_mode.value == "continuous"
+    defaults = EngineConfig()
+    assert all(getattr(OvsamConfig().engine, name) == getattr(defaults, name) for name in ours), \
+        "StreamConfig and EngineConfig defaults drifted apart"
