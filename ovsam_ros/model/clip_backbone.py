@@ -8,6 +8,7 @@ are fp16-rounded; :func:`load_openai_clip` goes through that same path to stay f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def read_openai_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"CLIP checkpoint file not found: {path}")
     try:
-        archive = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI ships its files that way
+            warnings.simplefilter("ignore", FutureWarning)
+            archive = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError):
         return read_state_dict(path)
     return {k: v for k, v in archive.state_dict().items()}
