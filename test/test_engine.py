@@ -431,3 +431,69 @@ def test_callback_exceptions_do_not_kill_the_worker():
             engine.run_until_idle()
     finally:
         assert engine.stop(10)
+
+
+# --------------------------------------------------------------------------- the real network
+
+@pytest.mark.slow
+def test_real_mobile_sam_through_the_engine(mobile_sam_path, bear):
+    """Real MobileSAM, real Predictor, real photos: each prompted frame is encoded exactly once, later
+    prompts on it are cache hits, an unprompted frame is never encoded, and box prompts give masks
+    matching the COCO ground truth."""
+    import json
+
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    from ovsam_ros.engine import PredictorProcessor
+    from ovsam_ros.model.sam import build_mobile_sam
+    from ovsam_ros.predictor import Predictor
+
+    coco = json.loads(bear.annotations.read_text())
+    photos = []
+    for info in coco["images"]:
+        rgb = cv2.cvtColor(cv2.imread(str(bear.image_dir / info["file_name"])), cv2.COLOR_BGR2RGB)
+        anns = [a for a in coco["annotations"] if a["image_id"] == info["id"]]
+        gts = [mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], info["height"], info["width"]))
+               .max(axis=2).astype(bool) for a in anns]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        photos.append((rgb, gts, boxes))
+    assert len(photos) == 3
+
+    sink = Sink()
+    engine = Engine(PredictorProcessor(Predictor(build_mobile_sam(mobile_sam_path))),
+                    EngineConfig(encode_mode="on_demand"), on_result=sink.on_result, on_error=sink.on_error)
+    engine.start()
+    try:
+        for k, (rgb, _, _) in enumerate(photos):
+            engine.push_frame(rgb, stamp(k), f"table{k}")
+        prompted = [0, 2]
+        for k in prompted:
+            _, _, boxes = photos[k]
+            engine.push_prompt(Prompt.from_box(boxes[0], id=f"{k}/0", stamp=stamp(k)))
+        assert sink.wait(lambda sk: len(sk.results) == 2, timeout=300)
+        for k in prompted:  # the rest of the boxes, after the frames were encoded: cache hits
+            _, _, boxes = photos[k]
+            for i, box in enumerate(boxes[1:], start=1):
+                engine.push_prompt(Prompt.from_box(box, id=f"{k}/{i}", stamp=stamp(k)))
+        engine.push_prompt(Prompt.from_box([5000, 5000, 6000, 6000], id="off-image", stamp=stamp(2)))
+        assert engine.wait_idle(300)
+    finally:
+        assert engine.stop(30)
+
+    s = engine.stats()
+    assert s["frames_encoded"] == 2 and s["raw_frames_pending"] == 1  # photo 1 never prompted
+    assert s["cache_hits"] == sum(len(photos[k][2]) - 1 for k in prompted) + 1
+    assert [(m.split(":")[0], p.id) for m, p in sink.errors] == [("failed", "off-image")]
+    ious = {}
+    for result in sink.results:
+        k = int(result.frame_id.removeprefix("table"))
+        assert result.stamp == stamp(k) and result.image_size == photos[k][0].shape[:2]
+        for inst in result.instances:
+            frame_k, i = map(int, inst.prompt_id.split("/"))
+            assert frame_k == k
+            gt = photos[k][1][i]
+            ious[inst.prompt_id] = float((inst.mask & gt).sum() / (inst.mask | gt).sum())
+    print(f"mask IoU per box prompt: {ious}; encode {s['encode_latency']}; decode {s['decode_latency']}")
+    assert len(ious) == sum(len(photos[k][2]) for k in prompted)
+    assert min(ious.values()) >= 0.85, ious

@@ -1,7 +1,7 @@
 """Thousands of frames and prompts through the engine: memory and the cache must stop growing.
 
 Most frames are skipped or answered from cache, so this stays fast; the stand-in processor makes
-features of SAM's real size so a leaked frame would show in the resident set at once.
+1 MiB of features per encoded frame so that a leaked frame would show in the resident set at once.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ def resident_bytes() -> int:
 
 
 class SamSizedProcessor(StampProcessor):
-    """The stand-in with an extra feature as large as SAM's embedding (4 MiB); it keeps no logs."""
+    """The stand-in with an extra 1 MiB feature (a quarter of SAM's embedding); it keeps no logs."""
 
     def encode(self, rgb: np.ndarray) -> ImageFeatures:
         features = super().encode(rgb)
         self.encoded.clear()
-        features.extras["sam_sized"] = torch.zeros(1, 256, 64, 64)
+        features.extras["sam_sized"] = torch.zeros(1, 256, 32, 32)
         return features
 
     def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
@@ -67,7 +67,7 @@ def check_bounded(engine: Engine) -> None:
     assert s["cached_frames"] <= CONFIG.cache_size
     assert s["raw_frames_pending"] <= CONFIG.raw_buffer_size
     assert s["prompts_pending"] <= CONFIG.prompt_queue_size
-    assert s["cache_bytes"] <= CONFIG.cache_size * (4 * 2**20 + 8 * 4)
+    assert s["cache_bytes"] <= CONFIG.cache_size * (2**20 + 8 * 4)
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["replay", "live"])
@@ -107,5 +107,5 @@ def test_memory_and_cache_stop_growing(live: bool):
     assert s["prompts_answered"] + s["prompts_rejected"] + s["prompts_pending"] == s["prompts_received"]
     grown = [(b - a) / 2**20 for a, b in itertools.pairwise(rounds)]
     print(f"resident set growth per 1000 frames (MiB): {grown}")
-    # One leaked image per frame would add 55 MiB per round, one leaked encoding 4 MiB per encode.
+    # One leaked image per frame would add 55 MiB per round, one leaked encoding 1 MiB per encode.
     assert sum(grown[1:]) < 24, f"resident set still growing after warm-up: {grown} MiB per round"

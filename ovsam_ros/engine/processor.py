@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from ovsam_ros.prompts import PromptError
+
 if TYPE_CHECKING:
     from ovsam_ros.model.base import ImageFeatures
     from ovsam_ros.predictor import Predictor
@@ -34,4 +36,9 @@ class PredictorProcessor:
         return self.predictor.encode(image)
 
     def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
-        return self.predictor.predict_prompts(features, prompts)
+        """Raises if any prompt was skipped, so the engine can tell the caller which one failed."""
+        errors: list[str] = []
+        instances = self.predictor.predict_prompts(features, prompts, errors)
+        if errors:
+            raise PromptError("; ".join(errors))
+        return instances
