@@ -275,6 +275,19 @@ def test_latency_and_depth_figures_are_reported():
     assert (s["raw_frames_pending"], s["prompts_pending"], s["prompts_received"]) == (1, 0, 1)
 
 
+def test_reconfigure_switches_policy_and_timing_but_not_buffer_sizes():
+    proc = StampProcessor()
+    engine, _ = replay_engine(proc, encode_mode="on_demand", max_encode_rate_hz=0.0)
+    feed(engine, range(2))
+    assert proc.encoded == []
+    engine.reconfigure(EngineConfig(encode_mode="continuous", max_encode_rate_hz=0.0))
+    engine.run_until_idle()
+    feed(engine, range(2, 3))
+    assert proc.encoded == [1, 2] and engine.stats()["encode_mode"] == "continuous"
+    with pytest.raises(EngineError, match="cache_size"):
+        engine.reconfigure(EngineConfig(cache_size=3))
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize(("field", "value"), [

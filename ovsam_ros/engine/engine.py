@@ -169,6 +169,20 @@ class Engine:
                 self._standing.pop(key, None)
             self._touch_locked()
 
+    def reconfigure(self, config: EngineConfig) -> None:
+        """Apply new timing and encode settings at once, even while running (the node's dynamic
+        parameters); buffer sizes and ``keep_images`` need a new engine."""
+        if not isinstance(config, EngineConfig):
+            raise EngineError(f"config must be an EngineConfig, got {type(config).__name__}")
+        fixed = ("cache_size", "raw_buffer_size", "prompt_queue_size", "keep_images")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            raise EngineError(f"{', '.join(changed)} cannot change on a running engine; build a new one")
+        with self._cond:
+            self.config = config
+            self._policy = EncodePolicy(config.encode_mode, config.max_encode_rate_hz)
+            self._touch_locked()
+
     # ----------------------------------------------------------------------------- queries
 
     def standing(self) -> dict[str, tuple[Prompt, ...]]:
@@ -189,6 +203,7 @@ class Engine:
                 "cached_frames": len(self._cache),
                 "cache_bytes": sum(f.nbytes() for f in self._cache),
                 "standing_prompts": sum(len(g) for g in self._standing.values()),
+                "encode_mode": self._policy.mode.value,
                 "continuous": self._policy.is_continuous(bool(self._standing)),
                 "running": self._thread is not None and self._thread.is_alive(),
             }
@@ -391,7 +406,6 @@ class Engine:
             one_off = job.prompts + arrived
             standing = [p for group in self._standing.values() for p in group]
             reports = self._drain_reports_locked()
-            self._touch_locked()
         self._report(reports)
         self._answer_and_deliver(frame, [p.prompt for p in one_off], standing)
 
