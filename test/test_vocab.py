@@ -120,6 +120,8 @@ def test_bad_names():
         Vocabulary.from_names([])
     with pytest.raises(VocabularyError, match="empty class name"):
         Vocabulary.from_names(["mug", " , /"])
+    with pytest.raises(VocabularyError, match="synonym list"):
+        Vocabulary.from_names(["mug", 3])
     with pytest.raises(VocabularyError, match="unknown vocabulary"):
         Vocabulary.from_name("coco2017")
     assert isinstance(VocabularyError("x"), ValueError)

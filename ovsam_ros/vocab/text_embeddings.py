@@ -62,8 +62,8 @@ def _encode(model: TextModel, tokens: torch.Tensor) -> torch.Tensor:
     embedding about 5x faster. open_clip has no switch for this, so for ``open_clip.CLIP`` models we
     deliberately run its own modules on the shortened sequence; any other model uses ``encode_text``.
     """
-    if not (isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
-            and model.attn_mask is not None and getattr(model.transformer, "batch_first", True)):
+    causal_argmax = isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
+    if not causal_argmax or model.attn_mask is None:
         return model.encode_text(tokens)
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]

@@ -78,8 +78,10 @@ class Vocabulary:
         for entry in names:
             if isinstance(entry, str):
                 synonyms = split_synonyms(entry)
-            else:
+            elif isinstance(entry, Sequence):
                 synonyms = [s for s in (" ".join(str(x).split()) for x in entry) if s]
+            else:
+                raise VocabularyError(f"vocabulary {name!r}: want a name or a synonym list, got {entry!r}")
             if not synonyms:
                 raise VocabularyError(f"vocabulary {name!r}: empty class name {entry!r}")
             classes.append(tuple(synonyms))
