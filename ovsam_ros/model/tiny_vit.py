@@ -200,6 +200,7 @@ class TinyViT(nn.Module):
         super().__init__()
         cfg = config or TinyViTConfig()
         self.config = cfg
+        self.img_size = cfg.img_size  # segment_anything's Sam/SamPredictor read this
         dims = cfg.embed_dims
         last = len(dims) - 1
         self.patch_embed = PatchEmbed(3, dims[0])
