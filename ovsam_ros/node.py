@@ -49,6 +49,7 @@ from tf2_ros import Buffer, TransformException, TransformListener
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
+from ovsam_ros.bag import PromptProcessor
 from ovsam_ros.config import (
     NODE_NAME,
     ConfigError,
@@ -57,7 +58,7 @@ from ovsam_ros.config import (
     config_from_parameters,
     parameter_specs,
 )
-from ovsam_ros.engine import Engine, EngineError, PredictorProcessor
+from ovsam_ros.engine import Engine, EngineError
 from ovsam_ros.msg import InstanceArray, PointPrompt
 from ovsam_ros.prompts import Prompt, PromptError
 from ovsam_ros.results import FrameResult
@@ -106,9 +107,10 @@ def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
 
 
 def _resolve_device(device: str, precision: str) -> tuple[str, str]:
-    """"auto" -> CUDA when available; precision "auto" -> fp16 on CUDA, fp32 on CPU (config.py)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """Device "auto" as the CLI resolves it; precision "auto" -> fp16 on CUDA, fp32 on CPU (config.py)."""
+    from ovsam_ros.cli import resolve_device
+
+    device = resolve_device(device)
     if precision == "auto":
         precision = "fp16" if device.startswith("cuda") else "fp32"
     return device, precision
@@ -138,12 +140,11 @@ class OvsamNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._lock = threading.Lock()
         self._predictor: Any = None
-        self._processor: PredictorProcessor | None = None
+        self._processor: Any = None
         self._engine: Engine | None = None
-        self._vocabulary: Any = None
-        self._publishers: dict[str, Any] = {}
-        self._subscriptions: list[Any] = []
-        self._services: list[Any] = []
+        self._outputs: dict[str, Any] = {}
+        self._inputs: list[Any] = []
+        self._servers: list[Any] = []
         self._sync: ApproximateTimeSynchronizer | None = None
         self._diagnostics_timer: Any = None
         self._headers = _Bounded(64)
@@ -154,6 +155,7 @@ class OvsamNode(LifecycleNode):
         self._tf_buffer: Buffer | None = None
         self._tf_listener: TransformListener | None = None
         self._service_group = MutuallyExclusiveCallbackGroup()
+        self._click_group = MutuallyExclusiveCallbackGroup()
         self._autostart_timer = None
         if self._config.node.autostart:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -185,12 +187,15 @@ class OvsamNode(LifecycleNode):
             config = self._config.updated({p.name: p.value for p in params})
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        if config.vocab.vocabulary != self._config.vocab.vocabulary and self._predictor is not None:
+        processor = self._processor
+        if processor is not None and config.vocab.vocabulary != self._config.vocab.vocabulary:
             try:
                 self._set_vocabulary(self._vocabulary_from_spec(config.vocab.vocabulary))
             except (ValueError, OSError) as exc:
                 return SetParametersResult(successful=False, reason=f"vocab.vocabulary: {exc}")
         old, self._config = self._config, config
+        if processor is not None:
+            processor.vocab_config, processor.everything = config.vocab, config.everything
         if self._engine is not None and (config.engine != old.engine
                                          or config.node.publish_overlay != old.node.publish_overlay):
             self._restart_engine()
@@ -216,15 +221,15 @@ class OvsamNode(LifecycleNode):
         device, precision = _resolve_device(cfg.device, cfg.precision)
         try:
             self._predictor = self._build_predictor(device, precision)
+            self._processor = PromptProcessor(self._predictor, self._config.everything, self._config.vocab)
             if self._predictor.model.recognizer is not None:
                 self._set_vocabulary(self._vocabulary_from_spec(self._config.vocab.vocabulary))
         except Exception as exc:  # any load failure: stay unconfigured, alive
             self.get_logger().error(f"cannot load the {cfg.preset} model on {device}: {exc}")
-            self._predictor = self._vocabulary = None
+            self._predictor = self._processor = None
             return TransitionCallbackReturn.FAILURE
-        self._processor = PredictorProcessor(self._predictor)
         self._create_publishers()
-        self._services = [
+        self._servers = [
             self.create_service(SetVocabulary, "~/set_vocabulary", self._srv_set_vocabulary,
                                 callback_group=self._service_group),
             self.create_service(Segment, "~/segment", self._srv_segment, callback_group=self._service_group),
@@ -232,7 +237,7 @@ class OvsamNode(LifecycleNode):
                                 callback_group=self._service_group),
         ]
         self._tf_buffer = Buffer()
-        self._tf_listener = TransformListener(self._tf_buffer, self, spin_thread=True)
+        self._tf_listener = TransformListener(self._tf_buffer, self)  # reentrant group, this executor
         self.get_logger().info(f"configured: {cfg.preset} on {device} ({precision}), vocabulary "
                                f"{self._vocabulary_label() or 'off (no recognizer)'}")
         return super().on_configure(state)
@@ -276,17 +281,16 @@ class OvsamNode(LifecycleNode):
 
     def _release(self) -> None:
         """Drop the model, publishers, services and TF so cleanup leaves nothing behind."""
-        for service in self._services:
+        for service in self._servers:
             self.destroy_service(service)
-        self._services = []
-        for publisher in self._publishers.values():
-            if getattr(publisher, "handle", None) is not None:
-                self.destroy_lifecycle_publisher(publisher)
-        self._publishers = {}
+        self._servers = []
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
         if self._tf_listener is not None:
             self._tf_listener.unregister()
         self._tf_listener = self._tf_buffer = None
-        self._predictor = self._processor = self._vocabulary = None
+        self._predictor = self._processor = None
         self._headers.clear()
         self._depths.clear()
         self._newest = self._camera = None
@@ -310,27 +314,38 @@ class OvsamNode(LifecycleNode):
     @staticmethod
     def _vocabulary_from_spec(spec: str) -> Any:
         """A shipped vocabulary by name, else a file path (what ``vocab.vocabulary`` holds)."""
-        from ovsam_ros.vocab.vocabulary import PRESETS, Vocabulary
+        from ovsam_ros.cli import load_vocabulary
 
-        return Vocabulary.from_name(spec) if spec in (*PRESETS, "all") else Vocabulary.from_file(spec)
+        return load_vocabulary(spec)
 
     def _set_vocabulary(self, vocabulary: Any) -> None:
-        """Embed (or read from the cache) and hand the text embeddings to the recognizer."""
-        from ovsam_ros.vocab.text_embeddings import EmbeddingCache
+        """Text embeddings from the on-disk cache (built once), the checkpoint's base classes for the
+        OVSAM presets, and the phrase embedder for text queries, as the CLI sets them."""
+        from ovsam_ros.cli import embed_vocabulary, text_tower
+        from ovsam_ros.queries import phrase_embedder
+        from ovsam_ros.vocab.base_classes import base_mask_for
 
-        predictor = self._predictor
-        text = getattr(predictor.model, "text_tower", None)
+        predictor, preset = self._predictor, self._config.model.preset
+        text = text_tower(predictor)
         if predictor.model.recognizer is None or text is None:
-            raise ValueError(f"the {self._config.model.preset} model has no recognizer: it only segments "
-                             "(set model.clip_model to name masks)")
-        embeddings = EmbeddingCache().get_or_build(vocabulary, text.model, text.tokenizer, predictor.device,
-                                                   progress=False)
-        predictor.set_vocabulary(vocabulary.display_names, embeddings)
-        self._vocabulary = vocabulary
+            raise ValueError(f"the {preset} model has no recognizer: it only segments (set "
+                             "model.clip_model to name masks with mobilesam / sam-clip)")
+        base = None
+        if preset.startswith("ovsam-"):
+            base = torch.as_tensor(base_mask_for(vocabulary, preset.split("-", 1)[1]))
+        embeddings = embed_vocabulary(predictor, vocabulary, progress=False)
+        self._processor.set_vocabulary(vocabulary, embeddings, base,
+                                       phrase_embedder(text.model, text.tokenizer, predictor.device))
         self._publish_label_info()
 
+    @property
+    def _vocabulary(self) -> Any:
+        processor = self._processor
+        return None if processor is None else processor.vocabulary
+
     def _vocabulary_label(self) -> str:
-        return self._vocabulary.label if self._vocabulary is not None else ""
+        vocabulary = self._vocabulary
+        return "" if vocabulary is None else vocabulary.label
 
     # ---------------------------------------------------------------------------------- engine
 
@@ -382,36 +397,36 @@ class OvsamNode(LifecycleNode):
             self._sync = ApproximateTimeSynchronizer(filters, queue_size=10,
                                                      slop=max(self._config.engine.sync_slop_s, 1e-3))
             self._sync.registerCallback(self._on_image_and_depth)
-            self._subscriptions += [f.sub for f in filters]
+            self._inputs += [f.sub for f in filters]
         else:
-            self._subscriptions.append(self.create_subscription(image_type, image_topic, self._on_image, qos))
-        self._subscriptions += [
+            self._inputs.append(self.create_subscription(image_type, image_topic, self._on_image, qos))
+        self._inputs += [
             self.create_subscription(CameraInfo, cfg.camera_info_topic, self._on_camera_info, qos),
-            self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, _RELIABLE),
+            self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, _RELIABLE,
+                                     callback_group=self._click_group),  # may wait for TF
             self.create_subscription(PointPrompt, "prompts/points", self._on_point_prompt, _RELIABLE),
             self.create_subscription(Detection2DArray, "prompts/boxes", self._on_box_prompts, _RELIABLE),
             self.create_subscription(String, "prompts/text", self._on_text_prompt, _RELIABLE),
         ]
 
     def _destroy_subscriptions(self) -> None:
-        for sub in self._subscriptions:
+        for sub in self._inputs:
             self.destroy_subscription(sub)
-        self._subscriptions = []
+        self._inputs = []
         self._sync = None
-
-    def _warn(self, message: str) -> None:
-        self.get_logger().warn(message, throttle_duration_sec=THROTTLE_S)
 
     def _frame(self, msg: Any) -> tuple[float, np.ndarray] | None:
         """Decode one image for the engine; the stamp keys the header every output will carry."""
         try:
             rgb = image_to_rgb(msg)
         except ConversionError as exc:
-            self._warn(f"skipping image on {self._config.node.image_topic}: {exc}")
+            self.get_logger().warn(f"skipping image on {self._config.node.image_topic}: {exc}",
+                                   throttle_duration_sec=THROTTLE_S)
             return None
         stamp = stamp_seconds(msg.header.stamp)
         if stamp <= 0:
-            self._warn("image has a zero stamp: keying it by the receive time (outputs keep its header)")
+            self.get_logger().warn("image has a zero stamp: keying it by the receive time (outputs keep "
+                                   "its header)", throttle_duration_sec=THROTTLE_S)
             stamp = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
             self._headers.put(stamp, msg.header)
@@ -435,21 +450,23 @@ class OvsamNode(LifecycleNode):
         try:
             meters = depth_to_meters(depth)
         except ConversionError as exc:
-            self._warn(f"skipping depth on {self._config.node.depth_topic}: {exc}")
+            self.get_logger().warn(f"skipping depth on {self._config.node.depth_topic}: {exc}",
+                                   throttle_duration_sec=THROTTLE_S)
         else:
             if meters.shape == frame[1].shape[:2]:
                 with self._lock:
                     self._depths.put(frame[0], meters)
             else:
-                self._warn(f"depth {meters.shape[1]}x{meters.shape[0]} is not aligned to the "
-                           f"{frame[1].shape[1]}x{frame[1].shape[0]} image: no 3D output")
+                self.get_logger().warn(f"depth {meters.shape[1]}x{meters.shape[0]} is not aligned to the "
+                                       f"{frame[1].shape[1]}x{frame[1].shape[0]} image: no 3D output",
+                                       throttle_duration_sec=THROTTLE_S)
         self._push_frame(frame[0], frame[1], image.header.frame_id)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             self._camera = CameraModel.from_msg(msg, rectified=self._config.node.rectified_image)
         except GeometryError as exc:
-            self._warn(f"ignoring camera_info: {exc}")
+            self.get_logger().warn(f"ignoring camera_info: {exc}", throttle_duration_sec=THROTTLE_S)
 
     def _image_size(self) -> tuple[int, int] | None:
         newest = self._newest
@@ -461,19 +478,20 @@ class OvsamNode(LifecycleNode):
             if engine is not None:
                 engine.push_prompt(prompt)
         except EngineError as exc:
-            self._warn(f"prompt rejected: {exc}")
+            self.get_logger().warn(f"prompt rejected: {exc}", throttle_duration_sec=THROTTLE_S)
 
     def _on_point_prompt(self, msg: Any) -> None:
         try:
             self._push_prompt(point_prompt(msg, self._image_size()))
         except PromptError as exc:
-            self._warn(f"skipping prompt: {exc}")
+            self.get_logger().warn(f"skipping prompt: {exc}", throttle_duration_sec=THROTTLE_S)
 
     def _on_clicked_point(self, msg: PointStamped) -> None:
         """RViz "Publish Point": transform into the camera's optical frame and project to a pixel."""
         camera, buffer = self._camera, self._tf_buffer
         if camera is None or buffer is None:
-            self._warn("clicked point ignored: no camera_info received yet")
+            self.get_logger().warn("clicked point ignored: no camera_info received yet",
+                                   throttle_duration_sec=THROTTLE_S)
             return
         newest = self._newest
         target = self._config.node.camera_frame or camera.frame_id or (newest[2].frame_id if newest else "")
@@ -482,7 +500,8 @@ class OvsamNode(LifecycleNode):
                                                 timeout=Duration(seconds=self._config.node.tf_timeout_s))
             pixel = point_to_pixel(camera, tf2_geometry_msgs.do_transform_point(msg, transform))
         except (TransformException, GeometryError) as exc:
-            self._warn(f"clicked point in {msg.header.frame_id!r} ignored: {exc}")
+            self.get_logger().warn(f"clicked point in {msg.header.frame_id!r} ignored: {exc}",
+                                   throttle_duration_sec=THROTTLE_S)
             return
         self._clicks += 1
         self._push_prompt(Prompt.point([pixel], [1], id=f"click_{self._clicks}"))
@@ -495,7 +514,7 @@ class OvsamNode(LifecycleNode):
             return
         prompts, errors = detection_prompts(msg, standing=True, image_size=self._image_size())
         for error in errors:
-            self._warn(f"skipping detection: {error}")
+            self.get_logger().warn(f"skipping detection: {error}", throttle_duration_sec=THROTTLE_S)
         stamp = stamp_seconds(msg.header.stamp)
         encoded = stamp > 0 and engine.frame(stamp) is not None
         engine.set_standing("boxes", prompts)
@@ -509,8 +528,8 @@ class OvsamNode(LifecycleNode):
         if engine is None:
             return
         if text and self._vocabulary is None:
-            self._warn(f"text query {text!r} ignored: the {self._config.model.preset} model has no "
-                       "recognizer")
+            self.get_logger().warn(f"text query {text!r} ignored: the {self._config.model.preset} model has "
+                                   "no recognizer", throttle_duration_sec=THROTTLE_S)
             return
         engine.set_standing("text", [Prompt.from_text(text)] if text else [])
 
@@ -518,7 +537,7 @@ class OvsamNode(LifecycleNode):
 
     def _create_publishers(self) -> None:
         make = self.create_lifecycle_publisher
-        self._publishers = {
+        self._outputs = {
             "instances": make(InstanceArray, "~/instances", _RELIABLE),
             "detections": make(Detection2DArray, "~/detections", _RELIABLE),
             "instance_image": make(Image, "~/instance_image", _RELIABLE),
@@ -531,7 +550,7 @@ class OvsamNode(LifecycleNode):
         }
 
     def _publish(self, name: str, build: Callable[[], Any]) -> None:
-        publisher = self._publishers.get(name)
+        publisher = self._outputs.get(name)
         if publisher is not None:
             publisher.publish(build())
 
@@ -550,7 +569,7 @@ class OvsamNode(LifecycleNode):
             header = self._headers.get(result.stamp)
             depth = self._depths.get(result.stamp)
         for error in result.errors:
-            self._warn(f"frame {result.stamp:.6f}: {error}")
+            self.get_logger().warn(f"frame {result.stamp:.6f}: {error}", throttle_duration_sec=THROTTLE_S)
         if cfg.publish_instances:
             self._publish("instances", lambda: instance_array_msg(f, result, header))
         if cfg.publish_detections:
@@ -559,7 +578,7 @@ class OvsamNode(LifecycleNode):
             self._publish("instance_image", lambda: instance_image_msg(f, result, header))
         if cfg.publish_class_image:
             self._publish("class_image", lambda: class_image_msg(f, result, header))
-        overlay = self._publishers.get("overlay")
+        overlay = self._outputs.get("overlay")
         if cfg.publish_overlay and overlay is not None and overlay.get_subscription_count() > 0:
             self._publish_overlay(result, header)
         if cfg.use_depth and cfg.publish_3d and depth is not None and self._camera is not None:
@@ -659,7 +678,7 @@ class OvsamNode(LifecycleNode):
         response.success, response.message = True, f"{len(instances)} instance(s)"
         return response
 
-    def _newest_features(self, processor: PredictorProcessor) -> tuple[float, Any, Any]:
+    def _newest_features(self, processor: Any) -> tuple[float, Any, Any]:
         newest, engine = self._newest, self._engine
         if newest is None:
             raise ValueError("no image received yet: pass one in the request")
