@@ -161,9 +161,7 @@ def download(url: str, dest: Path, sha256: str | None = None, size: int | None =
                     out.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to send: the .part is already complete
-            pass
-        else:
+        if not (exc.code == 416 and have):  # 416 after a Range request: the .part is already complete
             raise WeightsError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsError(f"cannot download {url}: {exc}") from exc

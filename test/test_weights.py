@@ -26,6 +26,10 @@ class _Handler(BaseHTTPRequestHandler):
         wanted = self.headers.get("Range")
         server.ranges.append(wanted)
         start = int(wanted.split("=")[1].split("-")[0]) if wanted and server.honour_range else 0
+        if start >= len(PAYLOAD):
+            self.send_response(416)
+            self.end_headers()
+            return
         body = PAYLOAD[start:]
         self.send_response(206 if start else 200)
         if start:
@@ -76,6 +80,12 @@ def test_download_resumes_a_partial_file(server, tmp_path):
     path = weights.download(_url(server), tmp_path / "w.pth", SHA, progress=False)
     assert server.ranges == ["bytes=3000-"]
     assert path.read_bytes() == PAYLOAD
+
+
+def test_complete_part_file_is_kept_on_416(server, tmp_path):
+    (tmp_path / "w.pth.part").write_bytes(PAYLOAD)
+    path = weights.download(_url(server), tmp_path / "w.pth", SHA, progress=False)
+    assert server.ranges == [f"bytes={len(PAYLOAD)}-"] and path.read_bytes() == PAYLOAD
 
 
 def test_server_without_range_support_restarts_from_zero(server, tmp_path):
