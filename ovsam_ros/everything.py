@@ -1,0 +1,372 @@
+""""Everything" mode: segment every object of a frame from a grid of point prompts.
+
+The recipe is SAM's automatic mask generator (one crop, no crop layers): a regular grid of single
+positive clicks, decoded in batches from the frame's cached features (the image encoder is not run
+again); every mask of every click (3 per click where the decoder has several mask tokens) is kept
+only if its predicted IoU (where the decoder has an IoU head), its stability score and its area pass
+the thresholds; duplicates are removed by box NMS and, optionally, mask-IoU NMS. segment_anything's
+own helpers (grid, stability score, boxes, RLE, small-region removal) do the work, so the numbers
+match SAM's. Kept masks are named afterwards, once, from their own low-res logits: the recognizer
+takes the box of the predicted mask (there is no other box here), and only survivors are named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from segment_anything.utils import amg
+from torchvision.ops import batched_nms
+
+from ovsam_ros.config import EverythingConfig, VocabConfig
+from ovsam_ros.model.base import ImageFeatures
+from ovsam_ros.prompts import PromptKind
+from ovsam_ros.recognition import Naming, name_instances
+from ovsam_ros.results import Instance, mask_bbox
+from ovsam_ros.vocab.vocabulary import Vocabulary
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+class EverythingError(ValueError):
+    """Everything mode was asked for something it cannot do; the message says what."""
+
+
+@dataclass
+class Candidates:
+    """The masks everything mode kept, best first (by mask score), before naming.
+
+    ``rles`` are SAM's uncompressed RLEs at the original resolution (compact while hundreds of
+    candidates are collected); ``boxes`` are SAM's XYXY boxes (x1/y1 inclusive, as
+    ``amg.batched_mask_to_box`` gives them); ``points`` are the clicks (original pixels) that
+    produced each mask; ``mask_score`` is the predicted IoU where the decoder has an IoU head, else
+    the stability score; ``low_res_logits`` ``[K, 256, 256]`` are kept for the recognizer.
+    """
+
+    rles: list[dict[str, Any]]
+    boxes: torch.Tensor
+    points: torch.Tensor
+    mask_score: torch.Tensor
+    stability_score: torch.Tensor
+    low_res_logits: torch.Tensor
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def masks(self) -> list[np.ndarray]:
+        """Full-resolution bool masks."""
+        return [amg.rle_to_mask(rle) for rle in self.rles]
+
+    def areas(self) -> list[int]:
+        return [int(amg.area_from_rle(rle)) for rle in self.rles]
+
+    def subset(self, index: Sequence[int]) -> Candidates:
+        """The candidates at ``index``, in that order."""
+        rows = torch.as_tensor(list(index), dtype=torch.long)
+        return Candidates(
+            rles=[self.rles[i] for i in rows.tolist()],
+            **{key: getattr(self, key)[rows.to(getattr(self, key).device)]
+               for key in ("boxes", "points", "mask_score", "stability_score", "low_res_logits")},
+            image_size=self.image_size,
+        )
+
+
+def point_grid(points_per_side: int, image_size: tuple[int, int]) -> np.ndarray:
+    """``[n*n, 2]`` (x, y) click positions in pixels of an ``(h, w)`` image: the centres of an
+    n x n tiling, as SAM's automatic mask generator places them."""
+    if points_per_side < 1:
+        raise EverythingError(f"points_per_side must be >= 1, got {points_per_side}")
+    h, w = image_size
+    return amg.build_point_grid(points_per_side) * np.array([w, h], dtype=np.float64)
+
+
+def _check_config(config: EverythingConfig, mask_nms_threshold: float | None, min_region_area: int) -> None:
+    if not isinstance(config, EverythingConfig):
+        raise EverythingError(f"config must be an EverythingConfig, got {type(config).__name__}")
+    if mask_nms_threshold is not None and not 0.0 <= mask_nms_threshold <= 1.0:
+        raise EverythingError(f"mask_nms_threshold must be in [0, 1] or None, got {mask_nms_threshold}")
+    if min_region_area < 0:
+        raise EverythingError(f"min_region_area must be >= 0, got {min_region_area}")
+
+
+def quality_keep(pred: Any, config: EverythingConfig) -> torch.Tensor:
+    """Bool ``[N, M]``: the masks of a :class:`~ovsam_ros.predictor.Prediction` whose predicted IoU
+    (where the decoder has an IoU head), stability score and area reach the config's thresholds.
+    Empty masks never pass. Each threshold only removes masks, so raising one never adds any."""
+    keep = pred.stability_score >= config.stability_score_threshold
+    if pred.iou_pred is not None:
+        keep &= pred.iou_pred >= config.pred_iou_threshold
+    return keep & (pred.masks.flatten(2).sum(dim=2) >= max(config.min_area, 1))
+
+
+def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
+                  config: EverythingConfig) -> dict[str, Any] | None:
+    """Decode one batch of clicks and keep the masks that pass :func:`quality_keep`; None if none do."""
+    pred = predictor.predict_on(
+        features,
+        point_coords=points[:, None, :],
+        point_labels=np.ones((len(points), 1), dtype=np.int64),
+        multimask_output=True,
+    )
+    keep = quality_keep(pred, config).flatten()
+    if not bool(keep.any()):
+        return None
+    masks = pred.masks.flatten(0, 1)[keep]
+    clicks = torch.as_tensor(points, dtype=torch.float32, device=masks.device)
+    return {
+        "rles": amg.mask_to_rle_pytorch(masks),
+        "boxes": amg.batched_mask_to_box(masks).float(),
+        "points": clicks.repeat_interleave(pred.masks.shape[1], dim=0)[keep],
+        "mask_score": pred.mask_score.flatten()[keep].float(),
+        "stability_score": pred.stability_score.flatten()[keep].float(),
+        "low_res_logits": pred.low_res_logits.flatten(0, 1)[keep],
+    }
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rles": [rle for p in parts for rle in p["rles"]]}
+    for key in ("boxes", "points", "mask_score", "stability_score", "low_res_logits"):
+        out[key] = torch.cat([p[key] for p in parts])
+    return out
+
+
+def _select(data: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
+    index = order.tolist()
+    return {key: [value[i] for i in index] if isinstance(value, list) else value[order.to(value.device)]
+            for key, value in data.items()}
+
+
+def mask_iou_nms(rles: Sequence[dict[str, Any]], scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy NMS on mask IoU (pycocotools' RLE IoU): indices of the kept masks, best score first.
+
+    Box NMS misses duplicates whose boxes differ (a part and its whole share little box IoU but
+    can, for thin or L-shaped objects, share most pixels) and drops distinct masks whose boxes
+    coincide (a ring and its hole); mask IoU decides on the pixels themselves.
+    """
+    order = torch.argsort(scores.cpu(), descending=True, stable=True)
+    coco = [amg.coco_encode_rle(rles[i]) for i in order.tolist()]
+    if not coco:
+        return order
+    ious = np.asarray(mask_utils.iou(coco, coco, [0] * len(coco))).reshape(len(coco), len(coco))
+    kept: list[int] = []
+    for i in range(len(coco)):
+        if all(ious[i, j] <= threshold for j in kept):
+            kept.append(i)
+    return order[kept]
+
+
+def _remove_small_regions(data: dict[str, Any], min_region_area: int, nms_threshold: float) -> dict[str, Any]:
+    """SAM's post-processing: fill holes and drop islands smaller than ``min_region_area``, then NMS
+    again preferring masks that were left unchanged (as SAM's generator does)."""
+    rles, boxes, unchanged = [], [], []
+    for rle in data["rles"]:
+        mask = amg.rle_to_mask(rle)
+        mask, holes_changed = amg.remove_small_regions(mask, min_region_area, mode="holes")
+        mask, islands_changed = amg.remove_small_regions(mask, min_region_area, mode="islands")
+        tensor = torch.as_tensor(mask)[None]
+        rles.append(amg.mask_to_rle_pytorch(tensor)[0])
+        boxes.append(amg.batched_mask_to_box(tensor)[0].float())
+        unchanged.append(float(not (holes_changed or islands_changed)))
+    data = {**data, "rles": rles, "boxes": torch.stack(boxes).to(data["boxes"].device)}
+    scores = torch.tensor(unchanged, device=data["boxes"].device)
+    keep = batched_nms(data["boxes"], scores, torch.zeros_like(scores, dtype=torch.long), nms_threshold)
+    return _select(data, keep)
+
+
+@torch.no_grad()
+def generate_candidates(
+    predictor: Any,
+    features: ImageFeatures,
+    config: EverythingConfig | None = None,
+    *,
+    mask_nms_threshold: float | None = None,
+    min_region_area: int = 0,
+) -> Candidates:
+    """Every mask a grid of clicks yields on one frame, filtered and de-duplicated, best first.
+
+    ``predictor`` is an :class:`ovsam_ros.predictor.Predictor` (``predict_on`` decodes from the
+    cached ``features``). ``mask_nms_threshold`` adds mask-IoU NMS after box NMS (off when None);
+    ``min_region_area`` > 0 runs SAM's hole/island clean-up (off at 0, as in SAM).
+    """
+    config = EverythingConfig() if config is None else config
+    _check_config(config, mask_nms_threshold, min_region_area)
+    image_size = tuple(int(v) for v in features.original_size)
+    if min(image_size) < 1:
+        raise EverythingError(f"features have no original image size ({image_size}); encode an image first")
+    grid = point_grid(config.points_per_side, image_size)
+    parts = [part for (points,) in amg.batch_iterator(config.points_per_batch, grid)
+             if (part := _decode_batch(predictor, features, points, config)) is not None]
+    if not parts:
+        return _empty(features, image_size)
+    data = _concat(parts)
+    groups = torch.zeros_like(data["mask_score"], dtype=torch.long)
+    data = _select(data, batched_nms(data["boxes"], data["mask_score"], groups, config.nms_threshold))
+    if min_region_area > 0:
+        data = _remove_small_regions(data, min_region_area, config.nms_threshold)
+    if mask_nms_threshold is not None:
+        data = _select(data, mask_iou_nms(data["rles"], data["mask_score"], mask_nms_threshold))
+    order = torch.argsort(data["mask_score"], descending=True, stable=True)
+    return Candidates(image_size=image_size, **_select(data, order))
+
+
+def _empty(features: ImageFeatures, image_size: tuple[int, int]) -> Candidates:
+    device = features.embedding.device
+    return Candidates(rles=[], boxes=torch.zeros(0, 4, device=device),
+                      points=torch.zeros(0, 2, device=device), mask_score=torch.zeros(0, device=device),
+                      stability_score=torch.zeros(0, device=device),
+                      low_res_logits=torch.zeros(0, 256, 256, device=device), image_size=image_size)
+
+
+def recognize_masks(predictor: Any, features: ImageFeatures,
+                    low_res_logits: torch.Tensor) -> torch.Tensor | None:
+    """Class probabilities ``[K, C + 1]`` of masks given by their ``[K, 256, 256]`` low-res logits, or
+    None when the model names nothing (no recognizer or no vocabulary set).
+
+    No prompt box is passed, so the recognizer takes the box of each predicted mask: an everything or
+    text candidate has no other box (and a ground-truth box is never available on a robot). Runs with
+    the predictor's device and precision, as its own recognition does.
+    """
+    recognizer = predictor.model.recognizer
+    if recognizer is None or recognizer.num_classes == 0:
+        return None
+    if len(low_res_logits) == 0:
+        return low_res_logits.new_zeros(0, recognizer.num_classes + 1)
+    device = predictor.device
+    if features.embedding.device != device:
+        features = features.to(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=predictor.dtype,
+                                                enabled=predictor.dtype != torch.float32):
+        return recognizer(features, low_res_logits.to(device), None).float()
+
+
+def active_vocabulary(predictor: Any, vocabulary: Vocabulary | None) -> Vocabulary:
+    """The vocabulary the predictor names with: ``vocabulary`` if given (checked against the
+    predictor's class names), else one built from those names."""
+    names = predictor.class_names
+    if vocabulary is None:
+        return Vocabulary.from_names([[name] for name in names], name="active")
+    if vocabulary.display_names != names:
+        raise EverythingError(f"vocabulary {vocabulary.label} ({len(vocabulary)} classes) is not the one the "
+                              f"predictor names with ({len(names)} classes): call predictor.set_vocabulary")
+    return vocabulary
+
+
+def name_candidates(
+    predictor: Any,
+    features: ImageFeatures,
+    candidates: Candidates,
+    vocabulary: Vocabulary | None = None,
+    vocab_config: VocabConfig | None = None,
+) -> list[Naming] | None:
+    """One :class:`Naming` per candidate (top-k, "unknown" below the score threshold), or None when
+    recognition is off."""
+    probs = recognize_masks(predictor, features, candidates.low_res_logits)
+    if probs is None:
+        return None
+    vocab_config = VocabConfig() if vocab_config is None else vocab_config
+    return name_instances(probs, active_vocabulary(predictor, vocabulary), vocab_config.top_k,
+                          vocab_config.score_threshold)
+
+
+def segment_everything(
+    predictor: Any,
+    features: ImageFeatures,
+    config: EverythingConfig | None = None,
+    *,
+    vocabulary: Vocabulary | None = None,
+    vocab_config: VocabConfig | None = None,
+    prompt_id: str = "everything",
+    mask_nms_threshold: float | None = None,
+    min_region_area: int = 0,
+) -> list[Instance]:
+    """Every object of the frame as an :class:`Instance` (``prompt_kind`` EVERYTHING), best first,
+    named when the model has a recognizer and a vocabulary. See :func:`generate_candidates`."""
+    candidates = generate_candidates(predictor, features, config, mask_nms_threshold=mask_nms_threshold,
+                                     min_region_area=min_region_area)
+    namings = name_candidates(predictor, features, candidates, vocabulary, vocab_config)
+    return candidates_to_instances(candidates, namings, PromptKind.EVERYTHING, prompt_id)
+
+
+def everything_records(
+    predictor: Any,
+    features: ImageFeatures,
+    config: EverythingConfig | None = None,
+    *,
+    output_mode: str = "binary_mask",
+    vocabulary: Vocabulary | None = None,
+    vocab_config: VocabConfig | None = None,
+    mask_nms_threshold: float | None = None,
+    min_region_area: int = 0,
+) -> list[dict[str, Any]]:
+    """Like SAM's ``SamAutomaticMaskGenerator.generate``: one dict per mask, best first, with SAM's
+    keys plus ``label``, ``class_index``, ``score`` and ``top_k``. See :func:`candidates_to_records`."""
+    if output_mode not in OUTPUT_MODES:
+        raise EverythingError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+    candidates = generate_candidates(predictor, features, config, mask_nms_threshold=mask_nms_threshold,
+                                     min_region_area=min_region_area)
+    namings = name_candidates(predictor, features, candidates, vocabulary, vocab_config)
+    return candidates_to_records(candidates, namings, output_mode)
+
+
+def candidates_to_instances(candidates: Candidates, namings: Sequence[Naming] | None, kind: PromptKind,
+                            prompt_id: str) -> list[Instance]:
+    """Instances with full-resolution masks; ``id`` is ``"<prompt_id>/<rank>"``."""
+    instances = []
+    host = _host(candidates)
+    for i, mask in enumerate(candidates.masks()):
+        inst = Instance(mask=mask, bbox=mask_bbox(mask), mask_score=float(host["mask_score"][i]),
+                        prompt_kind=kind, prompt_id=prompt_id, id=f"{prompt_id}/{i}",
+                        stability_score=float(host["stability_score"][i]))
+        if namings is not None:
+            naming = namings[i]
+            inst.label, inst.class_index, inst.score = naming.label, naming.class_index, naming.score
+            inst.top_k = list(naming.top_k)
+        instances.append(inst)
+    return instances
+
+
+def candidates_to_records(candidates: Candidates, namings: Sequence[Naming] | None,
+                          output_mode: str = "binary_mask") -> list[dict[str, Any]]:
+    """SAM automatic-mask-generator records: ``segmentation`` (bool HxW, SAM's uncompressed RLE or
+    COCO RLE per ``output_mode``), ``area``, ``bbox`` (XYWH as SAM gives it), ``predicted_iou`` (the
+    mask score where the decoder has no IoU head), ``point_coords``, ``stability_score``,
+    ``crop_box`` (the whole image: no crop layers); plus ``label``, ``class_index``, ``score`` and
+    ``top_k`` ("" / -1 / 0.0 / [] when recognition is off)."""
+    if output_mode not in OUTPUT_MODES:
+        raise EverythingError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+    host = _host(candidates)
+    h, w = candidates.image_size
+    records = []
+    for i, rle in enumerate(candidates.rles):
+        if output_mode == "binary_mask":
+            segmentation: Any = amg.rle_to_mask(rle)
+        elif output_mode == "coco_rle":
+            segmentation = amg.coco_encode_rle(rle)
+        else:
+            segmentation = rle
+        naming = None if namings is None else namings[i]
+        records.append({
+            "segmentation": segmentation,
+            "area": int(amg.area_from_rle(rle)),
+            "bbox": amg.box_xyxy_to_xywh(host["boxes"][i]).tolist(),
+            "predicted_iou": float(host["mask_score"][i]),
+            "point_coords": [host["points"][i].tolist()],
+            "stability_score": float(host["stability_score"][i]),
+            "crop_box": [0, 0, w, h],
+            "label": "" if naming is None else naming.label,
+            "class_index": -1 if naming is None else naming.class_index,
+            "score": 0.0 if naming is None else naming.score,
+            "top_k": [] if naming is None else list(naming.top_k),
+        })
+    return records
+
+
+def _host(candidates: Candidates) -> dict[str, np.ndarray]:
+    """The per-candidate numbers on the host, in one transfer each."""
+    return {key: getattr(candidates, key).cpu().numpy()
+            for key in ("boxes", "points", "mask_score", "stability_score")}
