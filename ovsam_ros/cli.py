@@ -1,7 +1,7 @@
 """``ovsam-ros``: the offline tools, no ROS needed. Images on disk, rosbag2 files, weights, vocabularies.
 
-Every command turns bad input into one line on stderr and a non-zero exit code (2 for a usage or
-input error, 1 for a failure while running), never a traceback. Images and bags go through the same
+Every command turns bad input into one line on stderr and a non-zero exit code (2 for a malformed
+command line, as argparse does; 1 for everything else), never a traceback. Images and bags go through the same
 streaming engine and prompt processor the node uses (:mod:`ovsam_ros.bag`), so an image answered
 here is answered as the node would answer it.
 """
@@ -539,7 +539,7 @@ def _error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``ovsam-ros`` entry point; returns the exit code (0 ok, 1 failure, 2 bad input or usage)."""
+    """The ``ovsam-ros`` entry point; returns the exit code (0 ok, 1 error, 2 bad command line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command == "weights":
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except _error_types() as exc:
         print(f"ovsam-ros {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (CliError, FileNotFoundError)) else 1
+        return 1
     except KeyboardInterrupt:
         print(f"ovsam-ros {args.command}: interrupted", file=sys.stderr)
         return 130
