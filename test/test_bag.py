@@ -170,26 +170,51 @@ def test_replay_answers_prompts_on_their_frames(tmp_path, gt, processor, storage
     assert drawn.shape == gt["2.jpeg"][0].shape and not np.array_equal(drawn, gt["2.jpeg"][0])
 
 
+def _camera_info(b: BagBuilder, stamp: float, width: int, height: int, f: float = 800.0) -> object:
+    cx, cy = width / 2, height / 2
+    return b.f.make("sensor_msgs/msg/CameraInfo", header=b.header(stamp), width=width, height=height,
+                    distortion_model="plumb_bob", d=np.zeros(5), k=[f, 0, cx, 0, f, cy, 0, 0, 1],
+                    r=[1, 0, 0, 0, 1, 0, 0, 0, 1], p=[f, 0, cx, 0, 0, f, cy, 0, 0, 0, 1, 0])
+
+
 @pytest.mark.slow
-def test_corrupt_frame_and_off_image_click_are_skipped(tmp_path, gt, processor):
+def test_corrupt_frame_and_bad_clicks_are_skipped(tmp_path, gt, processor):
+    """A frame with the wrong data size, a PointPrompt off the image and a clicked point in a frame
+    other than the camera's are reported and skipped; the box and the good click are answered."""
     b = BagBuilder()
     rgb = gt["2.jpeg"][0]
+    h, w = rgb.shape[:2]
+    b.add("/camera/camera_info", "sensor_msgs/msg/CameraInfo", T0, _camera_info(b, T0, w, h), delay=0.0)
     bad = b.image(rgb, T0 + 0.1)
     bad.data = bad.data[:-7]  # wrong data size
     b.image(rgb, T0 + 0.2)
     b.points(T0 + 0.2, [(5000.0, 10.0)], id="off_image")
     box, mask = gt["2.jpeg"][1][0]
     b.boxes(T0 + 0.2, [box])
-    stats = replay_bag(b.write(tmp_path / "in.mcap.d", "mcap"), tmp_path / "out", processor,
-                       ReplayOptions(progress=False, storage="sqlite3"))
+    inside = cv2.distanceTransform(gt["2.jpeg"][1][1][1].astype(np.uint8), cv2.DIST_L2, 5)
+    v, u = np.unravel_index(inside.argmax(), inside.shape)
+    z = 2.0  # a point 2 m in front of the camera that projects onto the second toy
+    for frame_id, delay in (("camera", 0.04), ("map", 0.05)):
+        point = b.f.make("geometry_msgs/msg/Point", x=(u - w / 2) * z / 800.0, y=(v - h / 2) * z / 800.0, z=z)
+        click = b.f.make("geometry_msgs/msg/PointStamped", header=b.header(T0 + 0.2, frame_id), point=point)
+        b.add("/clicked_point", "geometry_msgs/msg/PointStamped", T0 + 0.2, click, delay)
+    options = ReplayOptions(progress=False, storage="sqlite3",
+                            topics=BagTopics(clicked_point="/clicked_point"))
+    stats = replay_bag(b.write(tmp_path / "in.mcap.d", "mcap"), tmp_path / "out", processor, options)
+
     assert bag_storage(tmp_path / "out") == "sqlite3"
     assert stats["frames"] == 2 and stats["bad_frames"] == 1
-    assert stats["prompts"]["skipped"] == 1 and stats["prompts"]["box_prompts"] == 1
-    assert stats["encodes"] == 1 and stats["instances"] == 1
-    assert any("data" in w and "bytes" in w for w in stats["first_warnings"])
-    assert any("outside" in w for w in stats["first_warnings"])
-    (result,) = [r for _, r in read_results(tmp_path / "out")]
-    assert _iou(result.instances[0].mask, mask) >= 0.9
+    assert stats["prompts"]["skipped"] == 2  # the off-image PointPrompt and the click in "map"
+    assert stats["prompts"]["box_prompts"] == 1 and stats["prompts"]["clicks"] == 1
+    assert stats["encodes"] == 1 and stats["instances"] == 2
+    warnings = stats["first_warnings"]
+    assert any("data" in m and "bytes" in m for m in warnings)
+    assert any("outside" in m for m in warnings)
+    assert any("'map'" in m and "camera frame" in m for m in warnings)
+    instances = [i for _, r in read_results(tmp_path / "out") for i in r.instances]
+    by_id = {i.prompt_id: i for i in instances}
+    assert _iou(by_id["det_0"].mask, mask) >= 0.9
+    assert by_id["click_1"].mask[v, u] and _iou(by_id["click_1"].mask, gt["2.jpeg"][1][1][1]) >= 0.5
 
 
 def _bag_with_topics(tmp_path: Path) -> Path:
