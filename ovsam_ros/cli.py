@@ -527,6 +527,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `weights ...` to ovsam_ros.weights.main, which has its own parser.
     sub.add_parser("weights", help="list, fetch or verify weight files (`ovsam-ros weights --help`)")
+    sub.add_parser("eval", help="the paper's evaluation protocol on a COCO dataset (`ovsam-ros eval --help`)")
+    sub.add_parser("bench", help="timing, memory and FLOPs in one run (`ovsam-ros bench --help`)")
     return parser
 
 
@@ -546,6 +548,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ovsam_ros.weights import main as weights_main
 
         return weights_main(argv[argv.index("weights") + 1:])
+    if command == "eval":  # own parser, like weights
+        from ovsam_ros.evaluate import main as eval_main
+
+        return eval_main(argv[argv.index("eval") + 1:])
+    if command == "bench":
+        from ovsam_ros.bench import main as bench_main
+
+        return bench_main(argv[argv.index("bench") + 1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
