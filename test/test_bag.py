@@ -217,6 +217,42 @@ def test_corrupt_frame_and_bad_clicks_are_skipped(tmp_path, gt, processor):
     assert by_id["click_1"].mask[v, u] and _iou(by_id["click_1"].mask, gt["2.jpeg"][1][1][1]) >= 0.5
 
 
+@pytest.mark.slow
+def test_processor_answers_every_prompt_kind_in_order(mobile_sam_path, gt):
+    """Box, text and everything prompts in one batch, through a real MobileSAM with a (random) CLIP
+    recognizer. The query is the vocabulary's only class, so every everything-mode candidate answers it:
+    text and everything must share the same candidate masks."""
+    import torch
+
+    from ovsam_ros.config import EverythingConfig, VocabConfig
+    from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+    from ovsam_ros.model.sam import build_mobile_sam
+    from ovsam_ros.predictor import Predictor
+    from ovsam_ros.prompts import Prompt
+    from ovsam_ros.vocab.vocabulary import Vocabulary
+
+    recognizer = build_feature_crop_recognizer("RN50", random_init=True)
+    predictor = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
+    processor = PromptProcessor(predictor, EverythingConfig(points_per_side=4),
+                                VocabConfig(text_threshold=0.0))
+    embeddings = torch.nn.functional.normalize(torch.randn(1, 1, recognizer.embed_dim), dim=-1)
+    processor.set_vocabulary(Vocabulary.from_names(["toy"]), embeddings,
+                             embed_phrases=lambda v: pytest.fail("'toy' is a class: nothing to embed"))
+    rgb, objects = gt["2.jpeg"]
+    features = processor.encode(rgb)
+    prompts = [Prompt.from_box(objects[0][0], id="b"), Prompt.from_text("toy", standing=False),
+               Prompt.everything(standing=False)]
+    instances = processor.answer(features, prompts)
+    kinds = [i.prompt_kind for i in instances]
+    n = kinds.count(PromptKind.EVERYTHING)
+    assert n > 0 and kinds == [PromptKind.BOX] + [PromptKind.TEXT] * n + [PromptKind.EVERYTHING] * n
+    text, everything = instances[1:1 + n], instances[1 + n:]
+    assert sorted(i.mask.sum() for i in text) == sorted(i.mask.sum() for i in everything)
+    assert all(i.prompt_id == "toy" and i.label == "toy" for i in text)
+    assert all(i.label == "toy" and i.top_k and i.top_k[0][0] == "toy" for i in everything)
+    assert instances[0].label == "toy" and _iou(instances[0].mask, objects[0][1]) >= 0.9
+
+
 def _bag_with_topics(tmp_path: Path) -> Path:
     b = BagBuilder()
     b.image(np.zeros((8, 8, 3), np.uint8), T0)

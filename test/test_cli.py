@@ -15,7 +15,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from ovsam_ros.cli import main, parse_box, parse_point_prompt
+from ovsam_ros.cli import build_prompts, main, parse_box, parse_point_prompt, prompt_record
+from ovsam_ros.prompts import PromptKind
+from ovsam_ros.results import Instance
 
 T0 = 1_700_000_000
 
@@ -130,7 +132,8 @@ def test_segment_several_images_writes_one_overlay_each(tmp_path, bear, mobile_s
     assert [im["file"] for im in data["images"]] == images
     for image in data["images"]:
         (record,) = image["instances"]
-        assert record["prompt"]["labels"] == [1, 0]
+        assert record["prompt"] == {"kind": "point", "id": "point_0", "points": [[380, 490], [100, 100]],
+                                    "labels": [1, 0]}
     assert (tmp_path / "ov_1.png").is_file() and (tmp_path / "ov_2.png").is_file()
     assert "2 instance(s) on 2 image(s)" in capsys.readouterr().out
 
@@ -201,10 +204,23 @@ def test_bad_prompt_syntax_is_a_usage_error(tmp_path, capsys, bear, flag, value,
     assert needle in err and "Traceback" not in err
 
 
-def test_prompt_parsers():
+def test_prompt_parsers_and_records():
     points, labels = parse_point_prompt("10,20;30.5,40,0")
     assert points.tolist() == [[10, 20], [30.5, 40]] and labels.tolist() == [1, 0]
     assert parse_box("1,2,3,4").tolist() == [1, 2, 3, 4]
+    prompts = build_prompts([(points, labels)], [parse_box("1,2,3,4")], " mug, pen ", everything=True)
+    assert [(p.kind, p.id, p.standing) for p in prompts] == [
+        (PromptKind.POINT, "point_0", False), (PromptKind.BOX, "box_0", False),
+        (PromptKind.TEXT, "mug, pen", False), (PromptKind.EVERYTHING, "everything", False)]
+    by_id = {p.id: p for p in prompts}
+    mask = np.zeros((4, 4), bool)
+
+    def record(kind: PromptKind, prompt_id: str) -> dict:
+        return prompt_record(Instance(mask, (0, 0, 0, 0), 0.5, kind, prompt_id), by_id)
+
+    assert record(PromptKind.BOX, "box_0") == {"kind": "box", "id": "box_0", "box": [1, 2, 3, 4]}
+    assert record(PromptKind.TEXT, "pen") == {"kind": "text", "id": "pen", "query": "pen"}
+    assert record(PromptKind.EVERYTHING, "everything") == {"kind": "everything", "id": "everything"}
 
 
 def test_no_prompt_and_bad_vocabulary(tmp_path, capsys, bear):
