@@ -9,6 +9,7 @@ here is answered as the node would answer it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -25,6 +26,8 @@ from ovsam_ros.results import FrameResult, Instance
 log = logging.getLogger("ovsam_ros.cli")
 
 PRESETS = ("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip")
+DELEGATED = {"weights": "ovsam_ros.weights", "eval": "ovsam_ros.evaluate", "bench": "ovsam_ros.bench"}
+"""Commands with their own parser: ``ovsam-ros weights ...`` runs ``ovsam_ros.weights.main([...])``."""
 IMAGE_STAMP = 1.0
 """Stamp given to a still image in the engine (any positive number: one image, one frame)."""
 
@@ -525,7 +528,7 @@ def make_parser() -> argparse.ArgumentParser:
                         description="List the shipped vocabularies and the cached text embeddings.")
     v.set_defaults(run=cmd_vocab)
 
-    # Listed for --help only: main() hands `weights ...` to ovsam_ros.weights.main, which has its own parser.
+    # Listed for --help only: main() hands these to their modules' own main(argv) (DELEGATED).
     sub.add_parser("weights", help="list, fetch or verify weight files (`ovsam-ros weights --help`)")
     sub.add_parser("eval", help="the paper's evaluation protocol on a COCO dataset (`ovsam-ros eval --help`)")
     sub.add_parser("bench", help="timing, memory and FLOPs in one run (`ovsam-ros bench --help`)")
@@ -544,18 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``ovsam-ros`` entry point; returns the exit code (0 ok, 1 error, 2 bad command line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command == "weights":
-        from ovsam_ros.weights import main as weights_main
-
-        return weights_main(argv[argv.index("weights") + 1:])
-    if command == "eval":  # own parser, like weights
-        from ovsam_ros.evaluate import main as eval_main
-
-        return eval_main(argv[argv.index("eval") + 1:])
-    if command == "bench":
-        from ovsam_ros.bench import main as bench_main
-
-        return bench_main(argv[argv.index("bench") + 1:])
+    if command in DELEGATED:
+        delegate = importlib.import_module(DELEGATED[command]).main
+        return delegate(argv[argv.index(command) + 1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
