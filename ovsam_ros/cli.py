@@ -403,6 +403,10 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- vocab
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.1f} kB"
+
+
 def cmd_vocab(args: argparse.Namespace) -> int:
     from ovsam_ros.vocab.templates import VILD_TEMPLATES
     from ovsam_ros.vocab.text_embeddings import EmbeddingCache, text_tower_hash
@@ -416,9 +420,10 @@ def cmd_vocab(args: argparse.Namespace) -> int:
         print(f"cached text embeddings in {cache.root}: {len(metas)}")
         for meta in metas:
             info = json.loads(meta.read_text())
-            size = meta.with_suffix(".npy").stat().st_size if meta.with_suffix(".npy").exists() else 0
-            print(f"  {info.get('vocabulary', '?'):12s} {info.get('classes', '?'):>6} classes  "
-                  f"{size / 1e6:8.1f} MB  {meta.with_suffix('.npy').name}")
+            npy = meta.with_suffix(".npy")
+            size = _size(npy.stat().st_size) if npy.exists() else "missing"
+            print(f"  {info.get('vocabulary', '?'):12s} {info.get('classes', '?'):>6} classes  {size:>9s}  "
+                  f"{npy.name}")
         return 0
     vocab = load_vocabulary(args.name)
     predictor = build_predictor(args)
@@ -426,7 +431,7 @@ def cmd_vocab(args: argparse.Namespace) -> int:
     text = text_tower(predictor)
     npy, _ = cache.paths(cache.key(vocab, text_tower_hash(text.model), VILD_TEMPLATES))
     print(f"{vocab.label}: {len(vocab)} classes, embeddings {list(embeddings.shape)}, "
-          f"{npy.stat().st_size / 1e6:.1f} MB at {npy}")
+          f"{_size(npy.stat().st_size)} at {npy}")
     return 0
 
 
