@@ -138,6 +138,7 @@ def test_segment_several_images_writes_one_overlay_each(tmp_path, bear, mobile_s
     assert "2 instance(s) on 2 image(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bag_command_with_stats_then_export_coco(tmp_path, bear, gt, mobile_sam_path):
     from test_bag import BagBuilder
 
