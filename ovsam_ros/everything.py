@@ -5,9 +5,10 @@ positive clicks, decoded in batches from the frame's cached features (the image 
 again); every mask of every click (3 per click where the decoder has several mask tokens) is kept
 only if its predicted IoU (where the decoder has an IoU head), its stability score and its area pass
 the thresholds; duplicates are removed by box NMS and, optionally, mask-IoU NMS. segment_anything's
-own helpers (grid, stability score, boxes, RLE, small-region removal) do the work, so the numbers
-match SAM's. Kept masks are named afterwards, once, from their own low-res logits: the recognizer
-takes the box of the predicted mask (there is no other box here), and only survivors are named.
+own helpers (grid, stability score, boxes, small-region removal) do the work, so the numbers match
+SAM's; masks are held as COCO RLEs by pycocotools (see :func:`encode_masks`). Kept masks are named
+afterwards, once, from their own low-res logits: the recognizer takes the box of the predicted mask
+(there is no other box here), and only survivors are named.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ovsam_ros.results import Instance, mask_bbox
 from ovsam_ros.vocab.vocabulary import Vocabulary
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_TENSOR_FIELDS = ("boxes", "points", "mask_score", "stability_score", "low_res_logits")
 
 
 class EverythingError(ValueError):
@@ -40,8 +42,8 @@ class EverythingError(ValueError):
 class Candidates:
     """The masks everything mode kept, best first (by mask score), before naming.
 
-    ``rles`` are SAM's uncompressed RLEs at the original resolution (compact while hundreds of
-    candidates are collected); ``boxes`` are SAM's XYXY boxes (x1/y1 inclusive, as
+    ``rles`` are COCO RLEs at the original resolution (compact while hundreds of candidates are
+    collected); ``boxes`` are SAM's XYXY boxes (x1/y1 inclusive, as
     ``amg.batched_mask_to_box`` gives them); ``points`` are the clicks (original pixels) that
     produced each mask; ``mask_score`` is the predicted IoU where the decoder has an IoU head, else
     the stability score; ``low_res_logits`` ``[K, 256, 256]`` are kept for the recognizer.
@@ -60,10 +62,10 @@ class Candidates:
 
     def masks(self) -> list[np.ndarray]:
         """Full-resolution bool masks."""
-        return [amg.rle_to_mask(rle) for rle in self.rles]
+        return [decode_mask(rle) for rle in self.rles]
 
     def areas(self) -> list[int]:
-        return [int(amg.area_from_rle(rle)) for rle in self.rles]
+        return [int(a) for a in mask_utils.area(self.rles)] if self.rles else []
 
     def subset(self, index: Sequence[int]) -> Candidates:
         """The candidates at ``index``, in that order."""
@@ -71,9 +73,25 @@ class Candidates:
         return Candidates(
             rles=[self.rles[i] for i in rows.tolist()],
             **{key: getattr(self, key)[rows.to(getattr(self, key).device)]
-               for key in ("boxes", "points", "mask_score", "stability_score", "low_res_logits")},
+               for key in _TENSOR_FIELDS},
             image_size=self.image_size,
         )
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """COCO RLEs of bool ``[K, H, W]`` masks.
+
+    pycocotools' C encoder, not segment_anything's ``mask_to_rle_pytorch``: the latter loops over
+    masks in Python and took 2.6 s for 50 masks of 756x1008 on 2 CPU cores, against 0.17 s here.
+    """
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8)))
+
+
+def decode_mask(rle: dict[str, Any]) -> np.ndarray:
+    """A COCO RLE -> bool ``[H, W]`` (C order)."""
+    return np.ascontiguousarray(mask_utils.decode(rle), dtype=bool)
 
 
 def point_grid(points_per_side: int, image_size: tuple[int, int]) -> np.ndarray:
@@ -101,7 +119,9 @@ def quality_keep(pred: Any, config: EverythingConfig) -> torch.Tensor:
     keep = pred.stability_score >= config.stability_score_threshold
     if pred.iou_pred is not None:
         keep &= pred.iou_pred >= config.pred_iou_threshold
-    return keep & (pred.masks.flatten(2).sum(dim=2) >= max(config.min_area, 1))
+    large = torch.zeros_like(keep)  # areas only of the survivors: a full-resolution sum is not free
+    large[keep] = pred.masks[keep].flatten(1).sum(dim=1) >= max(config.min_area, 1)
+    return large
 
 
 def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
@@ -119,7 +139,7 @@ def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
     masks = pred.masks.flatten(0, 1)[keep]
     clicks = torch.as_tensor(points, dtype=torch.float32, device=masks.device)
     return {
-        "rles": amg.mask_to_rle_pytorch(masks),
+        "rles": encode_masks(masks),
         "boxes": amg.batched_mask_to_box(masks).float(),
         "points": clicks.repeat_interleave(pred.masks.shape[1], dim=0)[keep],
         "mask_score": pred.mask_score.flatten()[keep].float(),
@@ -130,7 +150,7 @@ def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
 
 def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"rles": [rle for p in parts for rle in p["rles"]]}
-    for key in ("boxes", "points", "mask_score", "stability_score", "low_res_logits"):
+    for key in _TENSOR_FIELDS:
         out[key] = torch.cat([p[key] for p in parts])
     return out
 
@@ -149,12 +169,12 @@ def mask_iou_nms(rles: Sequence[dict[str, Any]], scores: torch.Tensor, threshold
     coincide (a ring and its hole); mask IoU decides on the pixels themselves.
     """
     order = torch.argsort(scores.cpu(), descending=True, stable=True)
-    coco = [amg.coco_encode_rle(rles[i]) for i in order.tolist()]
-    if not coco:
+    ranked = [rles[i] for i in order.tolist()]
+    if not ranked:
         return order
-    ious = np.asarray(mask_utils.iou(coco, coco, [0] * len(coco))).reshape(len(coco), len(coco))
+    ious = np.asarray(mask_utils.iou(ranked, ranked, [0] * len(ranked))).reshape(len(ranked), len(ranked))
     kept: list[int] = []
-    for i in range(len(coco)):
+    for i in range(len(ranked)):
         if all(ious[i, j] <= threshold for j in kept):
             kept.append(i)
     return order[kept]
@@ -163,16 +183,15 @@ def mask_iou_nms(rles: Sequence[dict[str, Any]], scores: torch.Tensor, threshold
 def _remove_small_regions(data: dict[str, Any], min_region_area: int, nms_threshold: float) -> dict[str, Any]:
     """SAM's post-processing: fill holes and drop islands smaller than ``min_region_area``, then NMS
     again preferring masks that were left unchanged (as SAM's generator does)."""
-    rles, boxes, unchanged = [], [], []
+    masks, unchanged = [], []
     for rle in data["rles"]:
-        mask = amg.rle_to_mask(rle)
-        mask, holes_changed = amg.remove_small_regions(mask, min_region_area, mode="holes")
+        mask, holes_changed = amg.remove_small_regions(decode_mask(rle), min_region_area, mode="holes")
         mask, islands_changed = amg.remove_small_regions(mask, min_region_area, mode="islands")
-        tensor = torch.as_tensor(mask)[None]
-        rles.append(amg.mask_to_rle_pytorch(tensor)[0])
-        boxes.append(amg.batched_mask_to_box(tensor)[0].float())
+        masks.append(torch.as_tensor(mask))
         unchanged.append(float(not (holes_changed or islands_changed)))
-    data = {**data, "rles": rles, "boxes": torch.stack(boxes).to(data["boxes"].device)}
+    stacked = torch.stack(masks)
+    boxes = amg.batched_mask_to_box(stacked).float().to(data["boxes"].device)
+    data = {**data, "rles": encode_masks(stacked), "boxes": boxes}
     scores = torch.tensor(unchanged, device=data["boxes"].device)
     keep = batched_nms(data["boxes"], scores, torch.zeros_like(scores, dtype=torch.long), nms_threshold)
     return _select(data, keep)
@@ -343,16 +362,16 @@ def candidates_to_records(candidates: Candidates, namings: Sequence[Naming] | No
     h, w = candidates.image_size
     records = []
     for i, rle in enumerate(candidates.rles):
-        if output_mode == "binary_mask":
-            segmentation: Any = amg.rle_to_mask(rle)
-        elif output_mode == "coco_rle":
-            segmentation = amg.coco_encode_rle(rle)
+        if output_mode == "coco_rle":  # JSON-ready, as SAM writes it
+            segmentation: Any = {"size": list(rle["size"]), "counts": rle["counts"].decode("utf-8")}
+        elif output_mode == "uncompressed_rle":
+            segmentation = amg.mask_to_rle_pytorch(torch.from_numpy(decode_mask(rle))[None])[0]
         else:
-            segmentation = rle
+            segmentation = decode_mask(rle)
         naming = None if namings is None else namings[i]
         records.append({
             "segmentation": segmentation,
-            "area": int(amg.area_from_rle(rle)),
+            "area": int(mask_utils.area(rle)),
             "bbox": amg.box_xyxy_to_xywh(host["boxes"][i]).tolist(),
             "predicted_iou": float(host["mask_score"][i]),
             "point_coords": [host["points"][i].tolist()],

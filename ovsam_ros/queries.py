@@ -37,6 +37,7 @@ from ovsam_ros.config import EverythingConfig, VocabConfig
 from ovsam_ros.everything import (
     Candidates,
     candidates_to_instances,
+    encode_masks,
     generate_candidates,
     recognize_masks,
 )
@@ -223,7 +224,7 @@ def _box_candidates(predictor: Any, features: ImageFeatures,
     box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=masks.device)
     centres = (box_t[:, :2] + box_t[:, 2:]) / 2
     candidates = Candidates(
-        rles=amg.mask_to_rle_pytorch(masks), boxes=amg.batched_mask_to_box(masks).float(), points=centres,
+        rles=encode_masks(masks), boxes=amg.batched_mask_to_box(masks).float(), points=centres,
         mask_score=pred.mask_score[:, 0], stability_score=pred.stability_score[:, 0],
         low_res_logits=pred.low_res_logits[:, 0], image_size=tuple(masks.shape[-2:]))
     return candidates, probs

@@ -1,4 +1,4 @@
-"""Everything mode with the real MobileSAM on a real photo of three toy robots (COCO ground truth).
+"""Everything mode with the real MobileSAM on a real photo of two toy robots (COCO ground truth).
 
 The photo is encoded once per module; everything mode then only runs the prompt decoder. Naming is
 checked with a random CLIP tower (feature-crop recognizer) whose text embeddings are set to the
@@ -24,6 +24,7 @@ from ovsam_ros.everything import (
     EverythingError,
     candidates_to_instances,
     candidates_to_records,
+    encode_masks,
     generate_candidates,
     mask_iou_nms,
     name_candidates,
@@ -39,7 +40,7 @@ from ovsam_ros.prompts import PromptKind
 from ovsam_ros.results import mask_bbox
 from ovsam_ros.vocab.vocabulary import Vocabulary
 
-PHOTO = "3.jpeg"
+PHOTO = "2.jpeg"
 CONFIG = EverythingConfig(points_per_side=8)
 SAM_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 
@@ -194,7 +195,7 @@ def test_mask_iou_nms_on_constructed_masks() -> None:
     masks[0, :10, :10] = True
     masks[1, :10, :9] = True  # IoU 0.9 with mask 0
     masks[2, 10:, 10:] = True
-    rles = amg.mask_to_rle_pytorch(masks)
+    rles = encode_masks(masks)
     assert mask_iou_nms(rles, torch.tensor([0.5, 0.9, 0.1]), 0.5).tolist() == [1, 2]
     assert mask_iou_nms(rles, torch.tensor([0.5, 0.9, 0.1]), 0.95).tolist() == [1, 0, 2]
 
