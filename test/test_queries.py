@@ -19,11 +19,13 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.modified_resnet import AttentionPool2d
 
 from ovsam_ros.config import EverythingConfig, VocabConfig
 from ovsam_ros.everything import generate_candidates
 from ovsam_ros.model.base import ImageFeatures
 from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+from ovsam_ros.model.ovsam import OVSAMRecognizer
 from ovsam_ros.model.sam import build_mobile_sam
 from ovsam_ros.predictor import Predictor
 from ovsam_ros.prompts import PromptKind
@@ -85,6 +87,16 @@ def test_query_set_appends_new_phrases_and_reuses_vocabulary_classes() -> None:
     assert qs.vocab_embeddings is vocab_emb and qs.vocab_base_mask is base
 
 
+def test_query_set_fits_the_ovsam_recognizer() -> None:
+    """The extended embeddings and base mask are accepted by the released model's recognizer."""
+    recognizer = OVSAMRecognizer(AttentionPool2d(12, 3072, 48, 768), roi_size=7)
+    vocab = Vocabulary.from_names(["mug", "pliers"])
+    qs = build_query_set("red mug", vocab, _unit(2, 1, 768), _fixed(_unit(1, 1, 768)),
+                         torch.tensor([True, False]))
+    recognizer.set_text_embeddings(qs.embeddings, qs.base_mask)
+    assert recognizer.num_classes == 3 and recognizer.base_mask.tolist() == [True, False, False]
+
+
 def test_query_set_pads_the_vocabulary_when_a_phrase_has_more_synonyms() -> None:
     vocab = Vocabulary.from_names(["mug", "pliers"])
     vocab_emb = _unit(2, 1, 8)
@@ -95,6 +107,7 @@ def test_query_set_pads_the_vocabulary_when_a_phrase_has_more_synonyms() -> None
     assert qs.base_mask is None
 
 
+@pytest.mark.slow
 def test_query_set_embeds_phrases_like_the_vocabulary() -> None:
     """The production embedder is the vocabulary's own embedding function, on the phrases."""
     model = open_clip.create_model("RN50", pretrained=None).eval()
@@ -204,6 +217,7 @@ def test_only_the_constructed_candidate_answers(scene) -> None:
     assert predictor.model.recognizer.num_classes == len(vocab)
     above = VocabConfig(text_threshold=min(1.0, inst.score + 1e-6))
     assert find_text_instances(predictor, features, qs, candidates=candidates, vocab_config=above) == []
+    assert find_text_instances(predictor, features, qs, candidates=candidates.subset([])) == []
 
 
 @pytest.mark.slow
