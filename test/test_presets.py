@@ -42,7 +42,8 @@ def test_registry():
 def test_mobilesam_loads_the_real_checkpoint(mobile_sam_path):
     model = build_model("mobilesam", files={"sam": mobile_sam_path})
     assert isinstance(model, SamSegmenter) and isinstance(model.image_encoder, TinyViT)
-    assert model.recognizer is None and model.resize_mode == "pil" and model.num_mask_tokens == 4
+    assert model.recognizer is None and model.text_tower is None
+    assert model.resize_mode == "pil" and model.num_mask_tokens == 4
     assert not model.training
     state = read_state_dict(mobile_sam_path)
     own = model.state_dict()
@@ -104,7 +105,12 @@ def test_mobilesam_with_clip_names_masks(bear):
     names = ["toy", "cup", "robot"]
     with pytest.raises(InputError, match="embeddings must be"):
         predictor.set_vocabulary(names, torch.ones(2, 1, 1024))
-    predictor.set_vocabulary(names, F.normalize(torch.randn(3, 2, 1024), dim=-1))
+    text = model.text_tower  # the same CLIP model's text tower embeds the names
+    assert text is not None and text.embed_dim == model.recognizer.embed_dim
+    embeddings = text(names)
+    assert embeddings.shape == (3, 1024)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(3))
+    predictor.set_vocabulary(names, torch.stack([embeddings, F.normalize(torch.randn(3, 1024), dim=-1)], 1))
     assert predictor.class_names == names
     pred = predictor.predict_on(features, boxes=box[None])
     assert pred.probs.shape == (1, 3) and pred.background.shape == (1,)
@@ -119,7 +125,9 @@ def test_mobilesam_with_clip_names_masks(bear):
 def test_random_init_presets_build_their_parts():
     ovsam = build_model("ovsam-coco", random_init=True, recognition="head")
     assert type(ovsam).__name__ == "OVSAMSegmenter" and ovsam.recognizer is not None
+    assert ovsam.text_tower is not None and ovsam.text_tower.embed_dim == 768
     sam_clip = build_model("sam-clip", random_init=True, sam_variant="vit_b", clip_model="RN50")
     assert isinstance(sam_clip, SamSegmenter) and sam_clip.recognizer.embed_dim == 1024
+    assert sam_clip.text_tower is not None and sam_clip.text_tower.embed_dim == 1024
     assert type(sam_clip.image_encoder).__name__ == "ImageEncoderViT"
     assert sam_clip.image_encoder.blocks[0].attn.qkv.in_features == 768  # ViT-B

@@ -98,6 +98,9 @@ class Segmenter(nn.Module):
         # An instance attribute, not a class default: a class-level None would shadow the submodule
         # that nn.Module keeps in _modules once a subclass assigns a recognizer.
         self.recognizer: Recognizer | None = None
+        # The CLIP text tower that embeds vocabulary names for ``recognizer`` (a ClipTextTower);
+        # None where the preset cannot name masks. It moves with the model (device, dtype).
+        self.text_tower: nn.Module | None = None
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """``images`` ``[B, 3, S, S]`` normalised and padded. Returns the SAM embedding and the

@@ -21,7 +21,7 @@ from torch import nn
 from .base import ImageFeatures, Recognizer, Segmenter
 from .checkpoints import CheckpointError
 from .classifier import TextClassifier
-from .clip_backbone import load_openai_clip
+from .clip_backbone import ClipTextTower, load_openai_clip
 
 
 class FeatureCropError(ValueError):
@@ -165,7 +165,21 @@ def build_feature_crop_recognizer(
     random_init: bool = False,
     input_size: int | None = None,
 ) -> FeatureCropRecognizer:
-    """The recognizer over ``model_name``'s image tower.
+    """The recognizer over ``model_name``'s image tower (see :func:`build_feature_crop`)."""
+    return build_feature_crop(model_name, checkpoint, openai_layout=openai_layout, random_init=random_init,
+                              input_size=input_size)[0]
+
+
+def build_feature_crop(
+    model_name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    openai_layout: bool = False,
+    random_init: bool = False,
+    input_size: int | None = None,
+) -> tuple[FeatureCropRecognizer, ClipTextTower]:
+    """The recognizer over ``model_name``'s image tower and the text tower of the same CLIP model,
+    both from one read of the file.
 
     ``checkpoint``: an open_clip checkpoint, loaded strictly by open_clip, or with ``openai_layout``
     an OpenAI CLIP file read like :func:`~ovsam_ros.model.clip_backbone.load_openai_clip`.
@@ -174,15 +188,16 @@ def build_feature_crop_recognizer(
     if random_init == (checkpoint is not None):
         raise ValueError("give exactly one of a checkpoint path or random_init=True")
     if random_init:
-        visual = open_clip.create_model(model_name, pretrained=None).visual
+        model = open_clip.create_model(model_name, pretrained=None)
     elif openai_layout:
-        visual = load_openai_clip(checkpoint).visual
+        model = load_openai_clip(checkpoint)
     else:
         path = Path(checkpoint)
         if not path.is_file():
             raise CheckpointError(f"CLIP checkpoint file not found: {path}")
         try:
-            visual = open_clip.create_model(model_name, pretrained=str(path)).visual
+            model = open_clip.create_model(model_name, pretrained=str(path))
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(f"{path} does not fit open_clip model {model_name!r}: {exc}") from exc
-    return FeatureCropRecognizer(visual, input_size=input_size)
+    recognizer = FeatureCropRecognizer(model.visual, input_size=input_size)
+    return recognizer, ClipTextTower(model, model_name)

@@ -21,7 +21,7 @@ from ovsam_ros.model.base import DecoderOutput, ImageFeatures, Recognizer, Segme
 from ovsam_ros.model.checkpoints import CheckpointError, load_into, read_state_dict, take_prefix
 from ovsam_ros.model.classifier import TextClassifier
 from ovsam_ros.model.clip2sam import FPN, RoIHead, RoIInputError, mask_boxes
-from ovsam_ros.model.clip_backbone import ClipImageTower, ClipInputError, build_clip_image_tower
+from ovsam_ros.model.clip_backbone import ClipImageTower, ClipInputError, build_clip_towers
 from ovsam_ros.model.clip_branch import ClipBranch
 from ovsam_ros.model.fusion import fuse, mask_is_valid
 from ovsam_ros.model.ovsam_decoder import DecoderInputError, OVSAMMaskDecoder
@@ -203,12 +203,14 @@ def build_ovsam(
     if random_init:
         if files:
             raise ValueError("give OVSAM weight files or random_init=True, not both")
-        tower = build_clip_image_tower(random_init=True)
+        tower, text = build_clip_towers(random_init=True)
         model = OVSAMSegmenter(tower, Sam2Clip(), VARIANT_ROI_SIZE[variant], recognition)
+        model.text_tower = text
         return model.eval()
     paths = _check_files(files, variant)
-    model = OVSAMSegmenter(build_clip_image_tower(paths["clip"]), load_sam2clip(paths["sam2clip"]),
-                           VARIANT_ROI_SIZE[variant], recognition)
+    tower, text = build_clip_towers(paths["clip"])
+    model = OVSAMSegmenter(tower, load_sam2clip(paths["sam2clip"]), VARIANT_ROI_SIZE[variant], recognition)
+    model.text_tower = text
     load_clip2sam(model, paths["clip2sam"])
     sam = take_prefix(read_state_dict(paths["sam"], mmap=True), "prompt_encoder")
     load_into(model.prompt_encoder, sam, f"SAM prompt encoder ({paths['sam']}, prefix 'prompt_encoder')")

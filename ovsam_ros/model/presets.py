@@ -62,32 +62,37 @@ def _ovsam(variant: str) -> Callable[[BuildOptions], Segmenter]:
     return build
 
 
-def _feature_crop(opts: BuildOptions, clip_model: str) -> Recognizer:
-    from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+def _feature_crop(opts: BuildOptions, clip_model: str) -> tuple[Recognizer, torch.nn.Module]:
+    """The Feature-Crop recognizer and the text tower of the same CLIP model."""
+    from ovsam_ros.model.feature_crop import build_feature_crop
 
     if opts.random_init:
-        return build_feature_crop_recognizer(clip_model, random_init=True)
+        return build_feature_crop(clip_model, random_init=True)
     path = opts.files.get("clip")
     if path is None:
         raise PresetError(f"no weights for CLIP model {clip_model!r}: pass files={{'clip': path}} (an "
                           f"open_clip checkpoint, or OpenAI's own file named {clip_model}.pt)")
     path = Path(path)
-    return build_feature_crop_recognizer(clip_model, path, openai_layout=path.name == f"{clip_model}.pt")
+    return build_feature_crop(clip_model, path, openai_layout=path.name == f"{clip_model}.pt")
 
 
 def _mobilesam(opts: BuildOptions) -> Segmenter:
     from ovsam_ros.model.sam import build_mobile_sam
 
-    recognizer = _feature_crop(opts, opts.clip_model) if opts.clip_model else None
-    return build_mobile_sam(None if opts.random_init else _sam_file(opts), opts.random_init, recognizer)
+    recognizer, text = _feature_crop(opts, opts.clip_model) if opts.clip_model else (None, None)
+    model = build_mobile_sam(None if opts.random_init else _sam_file(opts), opts.random_init, recognizer)
+    model.text_tower = text
+    return model
 
 
 def _sam_clip(opts: BuildOptions) -> Segmenter:
     from ovsam_ros.model.sam import build_sam_vit
 
-    recognizer = _feature_crop(opts, opts.clip_model or DEFAULT_CLIP_MODEL)
+    recognizer, text = _feature_crop(opts, opts.clip_model or DEFAULT_CLIP_MODEL)
     checkpoint = None if opts.random_init else _sam_file(opts)
-    return build_sam_vit(opts.sam_variant, checkpoint, opts.random_init, recognizer)
+    model = build_sam_vit(opts.sam_variant, checkpoint, opts.random_init, recognizer)
+    model.text_tower = text
+    return model
 
 
 def _sam_file(opts: BuildOptions) -> Path:
