@@ -82,7 +82,7 @@ class PromptProcessor:
         self.everything = EverythingConfig() if everything is None else everything
         self.vocab_config = VocabConfig() if vocab_config is None else vocab_config
         self.vocabulary: Any = None
-        self._direct = PredictorProcessor(predictor)
+        self._direct = PredictorProcessor(predictor, namer=self._name)
         self._embeddings: Any = None
         self._base_mask: Any = None
         self._embed: Callable | None = None
@@ -103,6 +103,15 @@ class PromptProcessor:
 
     def encode(self, image: np.ndarray) -> Any:
         return self.predictor.encode(image)
+
+    def _name(self, probs: Any) -> list | None:
+        """Top-k names and the "unknown" threshold for point and box prompts, as for everything mode."""
+        from ovsam_ros.recognition import name_instances
+
+        if self.vocabulary is None:
+            return None
+        config = self.vocab_config
+        return name_instances(probs, self.vocabulary, config.top_k, config.score_threshold)
 
     def answer(self, features: Any, prompts: list[Prompt]) -> list[Instance]:
         from ovsam_ros.everything import candidates_to_instances, generate_candidates, name_candidates

@@ -11,7 +11,7 @@ turns them into host data, so the hot path has no host-device synchronisation.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -32,6 +32,9 @@ from ovsam_ros.transforms import (
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STABILITY_OFFSET = 1.0
+# probabilities [N, C + 1] (last column background) -> one naming per row, each with
+# label, class_index, score and top_k (ovsam_ros.recognition.Naming)
+Namer = Callable[[torch.Tensor], Sequence | None]
 LOW_RES = 256
 
 
@@ -297,12 +300,15 @@ class Predictor:
         return self._decode(features, coords, labels, box_t, mask_t, multimask, keep_best, return_logits)
 
     def predict_prompts(self, features: ImageFeatures, prompts: Sequence[Prompt],
-                        errors: list[str] | None = None) -> list[Instance]:
+                        errors: list[str] | None = None, namer: Namer | None = None) -> list[Instance]:
         """POINT and BOX prompts -> one :class:`Instance` each, in prompt order.
 
         All boxes go through one decoder call, points in one call per point count. A prompt that
         cannot be answered is skipped and the reason appended to ``errors`` (e.g.
         ``FrameResult.errors``); TEXT and EVERYTHING belong to the query and everything modules.
+        ``namer`` (e.g. :func:`ovsam_ros.recognition.name_instances` bound to a vocabulary) turns the
+        probabilities ``[N, C + 1]`` (last column background) into top-k names; without it an instance
+        gets the argmax label and its probability only.
         """
         features = self._checked_features(features)
         size = features.original_size
@@ -336,9 +342,16 @@ class Predictor:
             answered.append(([i for i, _, _ in members], pred))
         instances: dict[int, Instance] = {}
         for indices, pred in answered:
+            namings = None
+            if namer is not None and pred.probs is not None and pred.background is not None:
+                namings = namer(torch.cat([pred.probs, pred.background[:, None]], dim=1))
             host = pred.cpu()
             for row, i in enumerate(indices):
                 instances[i] = self._instance(host, row, prompts[i])
+                if namings is not None:
+                    naming = namings[row]
+                    instances[i].label, instances[i].class_index = naming.label, naming.class_index
+                    instances[i].score, instances[i].top_k = naming.score, list(naming.top_k)
         return [instances[i] for i in sorted(instances)]
 
     # ---- internals --------------------------------------------------------------------------------

@@ -251,6 +251,7 @@ def test_processor_answers_every_prompt_kind_in_order(mobile_sam_path, gt):
     assert all(i.prompt_id == "toy" and i.label == "toy" for i in text)
     assert all(i.label == "toy" and i.top_k and i.top_k[0][0] == "toy" for i in everything)
     assert instances[0].label == "toy" and _iou(instances[0].mask, objects[0][1]) >= 0.9
+    assert instances[0].top_k == [("toy", pytest.approx(instances[0].score))]  # box prompts get top-k too
 
 
 def _bag_with_topics(tmp_path: Path) -> Path:

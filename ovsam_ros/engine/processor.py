@@ -10,7 +10,7 @@ from ovsam_ros.prompts import PromptError
 
 if TYPE_CHECKING:
     from ovsam_ros.model.base import ImageFeatures
-    from ovsam_ros.predictor import Predictor
+    from ovsam_ros.predictor import Namer, Predictor
     from ovsam_ros.prompts import Prompt
     from ovsam_ros.results import Instance
 
@@ -29,8 +29,9 @@ class PredictorProcessor:
     """The engine's view of :class:`ovsam_ros.predictor.Predictor`; typed lazily so that importing the
     engine loads no model code."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, namer: Namer | None = None) -> None:
         self.predictor = predictor
+        self.namer = namer
 
     def encode(self, image: np.ndarray) -> ImageFeatures:
         return self.predictor.encode(image)
@@ -38,7 +39,7 @@ class PredictorProcessor:
     def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
         """Raises if any prompt was skipped, so the engine can tell the caller which one failed."""
         errors: list[str] = []
-        instances = self.predictor.predict_prompts(features, prompts, errors)
+        instances = self.predictor.predict_prompts(features, prompts, errors, self.namer)
         if errors:
             raise PromptError("; ".join(errors))
         return instances
