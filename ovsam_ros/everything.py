@@ -132,6 +132,7 @@ def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
         point_coords=points[:, None, :],
         point_labels=np.ones((len(points), 1), dtype=np.int64),
         multimask_output=True,
+        recognize=False,  # only the kept masks are named, after NMS
     )
     keep = quality_keep(pred, config).flatten()
     if not bool(keep.any()):
@@ -241,28 +242,6 @@ def _empty(features: ImageFeatures, image_size: tuple[int, int]) -> Candidates:
                       low_res_logits=torch.zeros(0, 256, 256, device=device), image_size=image_size)
 
 
-def recognize_masks(predictor: Any, features: ImageFeatures,
-                    low_res_logits: torch.Tensor) -> torch.Tensor | None:
-    """Class probabilities ``[K, C + 1]`` of masks given by their ``[K, 256, 256]`` low-res logits, or
-    None when the model names nothing (no recognizer or no vocabulary set).
-
-    No prompt box is passed, so the recognizer takes the box of each predicted mask: an everything or
-    text candidate has no other box (and a ground-truth box is never available on a robot). Runs with
-    the predictor's device and precision, as its own recognition does.
-    """
-    recognizer = predictor.model.recognizer
-    if recognizer is None or recognizer.num_classes == 0:
-        return None
-    if len(low_res_logits) == 0:
-        return low_res_logits.new_zeros(0, recognizer.num_classes + 1)
-    device = predictor.device
-    if features.embedding.device != device:
-        features = features.to(device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=predictor.dtype,
-                                                enabled=predictor.dtype != torch.float32):
-        return recognizer(features, low_res_logits.to(device), None).float()
-
-
 def active_vocabulary(predictor: Any, vocabulary: Vocabulary | None) -> Vocabulary:
     """The vocabulary the predictor names with: ``vocabulary`` if given (checked against the
     predictor's class names), else one built from those names."""
@@ -284,9 +263,9 @@ def name_candidates(
 ) -> list[Naming] | None:
     """One :class:`Naming` per candidate (top-k, "unknown" below the score threshold), or None when
     recognition is off."""
-    probs = recognize_masks(predictor, features, candidates.low_res_logits)
-    if probs is None:
+    if not predictor.can_name:
         return None
+    probs = predictor.recognize_masks(features, candidates.low_res_logits)
     vocab_config = VocabConfig() if vocab_config is None else vocab_config
     return name_instances(probs, active_vocabulary(predictor, vocabulary), vocab_config.top_k,
                           vocab_config.score_threshold)

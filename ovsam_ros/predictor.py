@@ -263,11 +263,13 @@ class Predictor:
         mask_input: np.ndarray | torch.Tensor | None = None,
         multimask_output: bool | None = None,
         return_logits: bool = False,
+        recognize: bool = True,
     ) -> Prediction:
         """N prompts on any frame's features, one decoder call, predictor state untouched.
 
         ``point_coords`` ``[N, K, 2]`` + ``point_labels`` ``[N, K]`` (1 object, 0 background, -1
         padding), ``boxes`` ``[N, 4]``, ``mask_input`` ``[N, 1, 256, 256]``; original-image pixels.
+        ``recognize=False`` skips naming (callers that name only the masks they keep).
         """
         features = self._checked_features(features)
         size = features.original_size
@@ -297,7 +299,8 @@ class Predictor:
         several = self.model.num_mask_tokens > 1
         multimask = several and (lone_click if multimask_output is None else multimask_output)
         keep_best = several and multimask_output is None and lone_click
-        return self._decode(features, coords, labels, box_t, mask_t, multimask, keep_best, return_logits)
+        return self._decode(features, coords, labels, box_t, mask_t, multimask, keep_best, return_logits,
+                            recognize)
 
     def predict_prompts(self, features: ImageFeatures, prompts: Sequence[Prompt],
                         errors: list[str] | None = None, namer: Namer | None = None) -> list[Instance]:
@@ -374,7 +377,7 @@ class Predictor:
 
     def _decode(self, features: ImageFeatures, coords: torch.Tensor | None, labels: torch.Tensor | None,
                 boxes: torch.Tensor | None, masks: torch.Tensor | None, multimask: bool, keep_best: bool,
-                return_logits: bool) -> Prediction:
+                return_logits: bool, recognize: bool = True) -> Prediction:
         with torch.inference_mode():
             with self._autocast():
                 out = self.model.decode(features, coords, labels, boxes, masks, multimask_output=multimask)
@@ -390,16 +393,35 @@ class Predictor:
             score = iou if iou is not None else stability
             pred = Prediction(masks=logits > 0, low_res_logits=low, iou_pred=iou, stability_score=stability,
                               mask_score=score, logits=logits if return_logits else None)
-            recognizer = self.model.recognizer
-            if recognizer is not None and recognizer.num_classes > 0:
+            if recognize and self.can_name:
                 chosen = low[torch.arange(len(low), device=low.device), score.argmax(dim=1)]
-                # Only a decoder with a label token (OVSAM) has a label embedding to pass on.
-                extra = {} if out.label_embedding is None else {"label_embedding": out.label_embedding}
-                with self._autocast():
-                    probs = recognizer(features, chosen, boxes, **extra).float()
+                probs = self.recognize_masks(features, chosen, boxes, out.label_embedding)
                 pred.score, pred.class_index = probs[:, :-1].max(dim=1)
                 pred.probs, pred.background = probs[:, :-1], probs[:, -1]
         return pred
+
+    @property
+    def can_name(self) -> bool:
+        """True when the model has a recognizer with a vocabulary set."""
+        recognizer = self.model.recognizer
+        return recognizer is not None and recognizer.num_classes > 0
+
+    def recognize_masks(self, features: ImageFeatures, low_res_logits: torch.Tensor,
+                        boxes: torch.Tensor | None = None,
+                        label_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities ``[K, C + 1]`` (last column background) of masks given by their
+        ``[K, 256, 256]`` low-res logits. ``boxes`` ``[K, 4]`` in the padded input frame, or None to
+        use each predicted mask's box (clicks, everything and text candidates: a ground-truth box is
+        never available on a robot). ``label_embedding`` comes from a decoder with a label token."""
+        if not self.can_name:
+            raise InputError("no recognizer with a vocabulary: call set_vocabulary first")
+        recognizer = self.model.recognizer
+        if len(low_res_logits) == 0:
+            return low_res_logits.new_zeros(0, recognizer.num_classes + 1)
+        features = self._checked_features(features)
+        extra = {} if label_embedding is None else {"label_embedding": label_embedding}
+        with torch.inference_mode(), self._autocast():
+            return recognizer(features, low_res_logits.to(self.device), boxes, **extra).float()
 
     def _instance(self, host: Prediction, row: int, prompt: Prompt) -> Instance:
         best = int(host.mask_score[row].argmax())

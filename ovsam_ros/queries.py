@@ -39,7 +39,6 @@ from ovsam_ros.everything import (
     candidates_to_instances,
     encode_masks,
     generate_candidates,
-    recognize_masks,
 )
 from ovsam_ros.model.base import ImageFeatures
 from ovsam_ros.prompts import PromptKind
@@ -257,7 +256,7 @@ def find_text_instances(
         if candidates is None:
             candidates = generate_candidates(predictor, features, config)
         with _query_vocabulary(predictor, query_set):
-            probs = recognize_masks(predictor, features, candidates.low_res_logits)
+            probs = predictor.recognize_masks(features, candidates.low_res_logits)
     matches = match_queries(probs, query_set.query_class, vocab_config.text_threshold)
     order = np.lexsort((-matches.score.cpu().numpy(), matches.query.cpu().numpy()))
     chosen = matches.candidate.cpu().numpy()[order]
