@@ -435,8 +435,11 @@ class OvsamNode(LifecycleNode):
 
     def _push_frame(self, stamp: float, rgb: np.ndarray, frame_id: str) -> None:
         engine = self._engine
-        if engine is not None:
-            engine.push_frame(rgb, stamp, frame_id)
+        try:
+            if engine is not None:
+                engine.push_frame(rgb, stamp, frame_id)
+        except EngineError as exc:
+            self.get_logger().warn(f"frame rejected: {exc}", throttle_duration_sec=THROTTLE_S)
 
     def _on_image(self, msg: Any) -> None:
         frame = self._frame(msg)
@@ -669,8 +672,8 @@ class OvsamNode(LifecycleNode):
             size = tuple(features.original_size)
             prompts = segment_request_prompts(request, size)
             instances = processor.answer(features, prompts)
-        except ValueError as exc:
-            response.success, response.message = False, str(exc)
+        except Exception as exc:  # a failed request must not take the executor (and the node) down
+            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
             return response
         result = FrameResult(stamp=stamp, frame_id=header.frame_id, image_size=size, instances=instances,
                              vocabulary=self._vocabulary_label())

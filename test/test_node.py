@@ -152,7 +152,8 @@ def _segment_and_check(client: Client, rgb: np.ndarray, gt: np.ndarray, sec: int
     """Publish a frame and a click on ``gt``'s object; the result must carry the frame's header."""
     before = len(client.results)
     client.image_pub.publish(_image_msg(rgb, sec, nanosec))
-    client.points_pub.publish(_point_msg(_inside_point(gt), sec, nanosec, id))
+    click = _inside_point(gt)
+    client.points_pub.publish(_point_msg(click, sec, nanosec, id))
     client.wait_for(lambda: any(r.header.stamp.sec == sec and r.header.stamp.nanosec == nanosec
                                 for r in client.results[before:]),
                     f"the InstanceArray of frame {sec}.{nanosec}")
@@ -163,7 +164,11 @@ def _segment_and_check(client: Client, rgb: np.ndarray, gt: np.ndarray, sec: int
     assert [i.prompt_id for i in result.instances] == [id]
     inst = result.instances[0]
     mask = roi_image_to_mask(inst.mask, inst.roi, rgb.shape[:2])
-    assert _iou(mask, gt) > 0.8, f"mask IoU with the clicked object {_iou(mask, gt):.3f}"
+    # One click may select a part of a toy (SAM's ambiguity), so: the mask holds the click and lies on
+    # the clicked object.
+    assert mask[int(click[1]), int(click[0])]
+    precision = float((mask & gt).sum() / max(mask.sum(), 1))
+    assert mask.sum() > 500 and precision > 0.9, f"{mask.sum()} px, {precision:.3f} of them on the object"
     assert inst.label == "" and inst.class_index == -1  # MobileSAM alone segments, it does not name
     return result
 
@@ -211,6 +216,8 @@ def test_parameters_are_validated_and_services_refuse_clearly(ros):
     node, client = ros
     results = node.set_parameters([Parameter("vocab.top_k", value=1000)])
     assert not results[0].successful and "vocab.top_k" in results[0].reason
+    results = node.set_parameters([Parameter("engine.encode_mode", value="sometimes")])
+    assert not results[0].successful and "engine.encode_mode must be one of" in results[0].reason
     results = node.set_parameters([Parameter("model.preset", value="ovsam-coco")])
     assert not results[0].successful  # read-only: the model changes only with a restart
     assert node.set_parameters([Parameter("engine.sync_slop_s", value=0.1)])[0].successful
