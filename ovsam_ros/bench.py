@@ -74,9 +74,16 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def params_m(module: torch.nn.Module) -> float:
-    """Parameters in millions, shared modules counted once."""
-    return sum(p.numel() for p in module.parameters()) / 1e6
+def params_m(module: torch.nn.Module, skip: Sequence[str] = ()) -> float:
+    """Parameters in millions, shared modules counted once, leaving out the children named in ``skip``."""
+    left_out = {id(p) for name in skip if hasattr(module, name) and getattr(module, name) is not None
+                for p in getattr(module, name).parameters()}
+    return sum(p.numel() for p in module.parameters() if id(p) not in left_out) / 1e6
+
+
+# The CLIP text tower embeds a vocabulary once, off the per-frame path; the paper's 304 M / 808 M leave it
+# out, and so does every "params_m" here (it is listed on its own).
+TEXT_TOWER = ("text_tower",)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -250,7 +257,9 @@ def _prompt_flops(model: Segmenter, features: ImageFeatures, device: torch.devic
         with torch.inference_mode():
             out = model.decode(features, boxes=boxes)
             if model.recognizer is not None and model.recognizer.num_classes > 0:
-                model.recognizer(features, out.low_res_logits[:, 0], boxes, out.label_embedding)
+                # only a decoder with a label token (OVSAM) hands one on; Feature-Crop takes none
+                extra = {} if out.label_embedding is None else {"label_embedding": out.label_embedding}
+                model.recognizer(features, out.low_res_logits[:, 0], boxes, **extra)
 
     return count_flops(run)
 
@@ -285,7 +294,7 @@ def architecture(ovsam: Segmenter | None, heavy_repeats: int, device: torch.devi
         model.to("meta")
         image_flops = count_flops(lambda m=model: m.encode(images.to("meta")))
         out[name] = {
-            "params_m": params_m(model),
+            "params_m": params_m(model, TEXT_TOWER),
             "params_m_by_part": {k: params_m(v) for k, v in model.named_children()},
             "image_gflops": image_flops / 1e9,
             "prompt_gflops": prompt / 1e9,
@@ -340,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
         "config": {"model": args.model, "random_init": args.random_init, "image": list(rgb.shape[:2]),
                    "repeats": args.repeats, "warmup": args.warmup, "heavy_repeats": args.heavy_repeats},
         "machine": machine(device),
-        "params_m": params_m(model),
+        "params_m": params_m(model, TEXT_TOWER),
     }
     reps, warm = args.repeats, args.warmup
     encode = measure(lambda: predictor.encode(rgb), reps, warm, device)
