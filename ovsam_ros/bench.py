@@ -257,9 +257,7 @@ def _prompt_flops(model: Segmenter, features: ImageFeatures, device: torch.devic
         with torch.inference_mode():
             out = model.decode(features, boxes=boxes)
             if model.recognizer is not None and model.recognizer.num_classes > 0:
-                # only a decoder with a label token (OVSAM) hands one on; Feature-Crop takes none
-                extra = {} if out.label_embedding is None else {"label_embedding": out.label_embedding}
-                model.recognizer(features, out.low_res_logits[:, 0], boxes, **extra)
+                model.recognizer(features, out.low_res_logits[:, 0], boxes, out.label_embedding)
 
     return count_flops(run)
 

@@ -419,9 +419,8 @@ class Predictor:
         if len(low_res_logits) == 0:
             return low_res_logits.new_zeros(0, recognizer.num_classes + 1)
         features = self._checked_features(features)
-        extra = {} if label_embedding is None else {"label_embedding": label_embedding}
         with torch.inference_mode(), self._autocast():
-            return recognizer(features, low_res_logits.to(self.device), boxes, **extra).float()
+            return recognizer(features, low_res_logits.to(self.device), boxes, label_embedding).float()
 
     def _instance(self, host: Prediction, row: int, prompt: Prompt) -> Instance:
         best = int(host.mask_score[row].argmax())

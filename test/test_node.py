@@ -226,3 +226,19 @@ def test_parameters_are_validated_and_services_refuse_clearly(ros):
     assert not reply.success and "recognizer" in reply.message
     reply = client.call(client.set_vocabulary, SetVocabulary.Request(preset="coco", file="/x.txt"))
     assert not reply.success and "exactly one" in reply.message
+
+
+def test_missing_weights_leave_the_node_unconfigured_and_alive(ros, tmp_path, monkeypatch):
+    _, client = ros
+    monkeypatch.setenv("OVSAM_ROS_OFFLINE", "1")
+    node = OvsamNode("ovsam_no_weights", parameter_overrides=[
+        Parameter("model.preset", value="ovsam-coco"),
+        Parameter("model.weights_dir", value=str(tmp_path)),
+        Parameter("model.device", value="cpu"),
+    ])
+    try:
+        assert node.trigger_configure().name == "FAILURE"
+        client.wait_for(lambda: any("cannot load the ovsam-coco model" in m for m in client.logs),
+                        "the error naming the missing weights")
+    finally:
+        node.destroy_node()

@@ -53,6 +53,7 @@ def _params_file() -> str:
     return f.name
 
 
+@pytest.mark.slow
 @pytest.mark.launch_test
 def generate_test_description():
     launch_file = os.path.join(get_package_share_directory("ovsam_ros"), "launch", "ovsam.launch.py")

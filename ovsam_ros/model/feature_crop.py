@@ -140,9 +140,11 @@ class FeatureCropRecognizer(Recognizer):
         features: ImageFeatures,
         low_res_logits: torch.Tensor,
         prompt_boxes: torch.Tensor | None = None,
+        label_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Probabilities ``[N, C + 1]``. Only the mask is used (``prompt_boxes`` is ignored: a feature
-        crop needs no box). A mask with no positive pixel names nothing: all mass on background."""
+        crop needs no box; ``label_embedding`` too: SAM's decoder has no label token). A mask with no
+        positive pixel names nothing: all mass on background."""
         if len(features.clip_levels) != 1 or features.clip_levels[0].dim() != 4:
             raise FeatureCropError("ImageFeatures.clip_levels must hold the one dense map from encode_image")
         dense = features.clip_levels[0]
