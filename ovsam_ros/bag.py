@@ -23,19 +23,17 @@ import logging
 import shutil
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from tqdm import tqdm
 
-from ovsam_ros.engine import Engine, EngineConfig, PredictorProcessor, RejectReason
-from ovsam_ros.prompts import Prompt, PromptError, PromptKind
-from ovsam_ros.results import FrameResult, Instance
+from ovsam_ros.engine import Engine, EngineConfig, RejectReason
+from ovsam_ros.prompts import Prompt, PromptError
+from ovsam_ros.results import FrameResult
 from ovsam_ros.ros.factory import RosbagsFactory
 from ovsam_ros.ros.geometry import CameraModel, GeometryError, point_to_pixel
 from ovsam_ros.ros.image_conversions import ConversionError, image_to_rgb, numpy_to_image
@@ -64,89 +62,6 @@ MAX_WARNINGS = 100
 
 class BagError(ValueError):
     """A bag, topic or option the replay cannot work with; the message says what is wrong."""
-
-
-class PromptProcessor:
-    """The engine's :class:`~ovsam_ros.engine.FrameProcessor` for all four prompt kinds.
-
-    Points and boxes go through :class:`~ovsam_ros.engine.PredictorProcessor` (the predictor's batched
-    ``predict_prompts``); text and everything through :mod:`ovsam_ros.queries` and
-    :mod:`ovsam_ros.everything`, which share one set of everything-mode candidate masks per frame.
-    Instances come back in prompt order.
-    """
-
-    def __init__(self, predictor: Any, everything: Any = None, vocab_config: Any = None) -> None:
-        from ovsam_ros.config import EverythingConfig, VocabConfig
-
-        self.predictor = predictor
-        self.everything = EverythingConfig() if everything is None else everything
-        self.vocab_config = VocabConfig() if vocab_config is None else vocab_config
-        self.vocabulary: Any = None
-        self._direct = PredictorProcessor(predictor, namer=self._name)
-        self._embeddings: Any = None
-        self._base_mask: Any = None
-        self._embed: Callable | None = None
-        self._query_sets: dict[str, Any] = {}
-
-    @property
-    def can_name(self) -> bool:
-        return self.vocabulary is not None
-
-    def set_vocabulary(self, vocabulary: Any, embeddings: Any, base_mask: Any = None,
-                       embed_phrases: Callable | None = None) -> None:
-        """Name with ``vocabulary`` (``[C, P, D]`` text ``embeddings``); ``embed_phrases`` embeds text
-        queries that are not classes of it (:func:`ovsam_ros.queries.phrase_embedder`)."""
-        self.predictor.set_vocabulary(vocabulary.display_names, embeddings, base_mask)
-        self.vocabulary, self._embeddings, self._base_mask = vocabulary, embeddings, base_mask
-        self._embed = embed_phrases
-        self._query_sets.clear()
-
-    def encode(self, image: np.ndarray) -> Any:
-        return self.predictor.encode(image)
-
-    def _name(self, probs: Any) -> list | None:
-        """Top-k names and the "unknown" threshold for point and box prompts, as for everything mode."""
-        from ovsam_ros.recognition import name_instances
-
-        if self.vocabulary is None:
-            return None
-        config = self.vocab_config
-        return name_instances(probs, self.vocabulary, config.top_k, config.score_threshold)
-
-    def answer(self, features: Any, prompts: list[Prompt]) -> list[Instance]:
-        from ovsam_ros.everything import candidates_to_instances, generate_candidates, name_candidates
-        from ovsam_ros.queries import find_text_instances
-
-        direct = [p for p in prompts if p.kind in (PromptKind.POINT, PromptKind.BOX)]
-        answered = iter(self._direct.answer(features, direct) if direct else [])
-        candidates = None
-        out: list[Instance] = []
-        for prompt in prompts:
-            if prompt.kind in (PromptKind.POINT, PromptKind.BOX):
-                out.append(next(answered))
-                continue
-            query_set = self._query_set(prompt.text) if prompt.kind == PromptKind.TEXT else None
-            if candidates is None:
-                candidates = generate_candidates(self.predictor, features, self.everything)
-            if query_set is not None:
-                out += find_text_instances(self.predictor, features, query_set, candidates=candidates,
-                                           vocab_config=self.vocab_config)
-            else:
-                namings = name_candidates(self.predictor, features, candidates, self.vocabulary,
-                                          self.vocab_config)
-                out += candidates_to_instances(candidates, namings, PromptKind.EVERYTHING, prompt.id)
-        return out
-
-    def _query_set(self, text: str) -> Any:
-        from ovsam_ros.queries import QueryError, build_query_set
-
-        if self.vocabulary is None or self._embed is None:
-            raise QueryError(f"text query {text!r} needs a recognizer with a vocabulary; this model only "
-                             "segments (use an OVSAM preset, or a CLIP model for mobilesam / sam-clip)")
-        if text not in self._query_sets:
-            self._query_sets[text] = build_query_set(text, self.vocabulary, self._embeddings, self._embed,
-                                                     self._base_mask)
-        return self._query_sets[text]
 
 
 @dataclass(frozen=True)
@@ -385,7 +300,7 @@ def _open_reader(path: Path) -> Reader:
 
 def replay_bag(input_path: str | Path, output_path: str | Path, processor: Any,
                options: ReplayOptions | None = None) -> dict:
-    """Replay ``input_path`` through ``processor`` (a :class:`PromptProcessor`) and write
+    """Replay ``input_path`` through ``processor`` (a :class:`~ovsam_ros.pipeline.PromptProcessor`) and write
     ``output_path``; returns the statistics (counts, warnings, the engine's ``stats()``)."""
     options = ReplayOptions() if options is None else options
     src, dst = Path(input_path), Path(output_path)

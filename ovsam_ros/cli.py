@@ -2,7 +2,7 @@
 
 Every command turns bad input into one line on stderr and a non-zero exit code (2 for a malformed
 command line, as argparse does; 1 for everything else), never a traceback. Images and bags go through the same
-streaming engine and prompt processor the node uses (:mod:`ovsam_ros.bag`), so an image answered
+streaming engine and prompt processor the node uses (:mod:`ovsam_ros.pipeline`), so an image answered
 here is answered as the node would answer it.
 """
 
@@ -102,78 +102,28 @@ def prompt_record(inst: Instance, prompts: dict[str, Prompt]) -> dict:
 # ---------------------------------------------------------------------------------------------- model
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> CUDA when available, else CPU."""
-    import torch
+def model_config(args: argparse.Namespace) -> Any:
+    """The model settings of ``--model``, ``--weights-dir``, ``--device`` etc. (validated there)."""
+    from ovsam_ros.config import ModelConfig
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_vocabulary(spec: str) -> Any:
-    """A shipped vocabulary by name (coco, lvis, imagenet21k, all), else a .txt/.yaml file."""
-    from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
-
-    return Vocabulary.from_name(spec) if spec in (*PRESETS, ALL) else Vocabulary.from_file(spec)
-
-
-def build_predictor(args: argparse.Namespace) -> Any:
-    """The model of ``--model`` on ``--device`` through the presets (weights resolved there)."""
-    from ovsam_ros.model.presets import build_model
-    from ovsam_ros.predictor import Predictor
-
-    device = resolve_device(args.device)
-    model = build_model(args.model, weights_dir=args.weights_dir, random_init=args.random_init, device=device,
-                        recognition=args.recognition, clip_model=args.clip_model or None)
-    return Predictor(model, device=device)
-
-
-def text_tower(predictor: Any) -> Any:
-    return getattr(predictor.model, "text_tower", None)
-
-
-def embed_vocabulary(predictor: Any, vocabulary: Any, progress: bool = True) -> Any:
-    """``[C, P, D]`` text embeddings of ``vocabulary`` from the on-disk cache (built once)."""
-    from ovsam_ros.vocab.text_embeddings import EmbeddingCache
-
-    text = text_tower(predictor)
-    if text is None:
-        raise CliError(f"the {type(predictor.model).__name__} model has no CLIP text tower to embed names "
-                       "with (give --clip-model for mobilesam / sam-clip)")
-    return EmbeddingCache().get_or_build(vocabulary, text.model, text.tokenizer, predictor.device,
-                                         progress=progress)
+    return ModelConfig(preset=args.model, weights_dir=str(args.weights_dir or ""), device=args.device,
+                       recognition=args.recognition, clip_model=args.clip_model, random_init=args.random_init)
 
 
 def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, str]:
     """The prompt processor with its vocabulary set (when the model can name masks); returns it and the
     vocabulary label ("" when recognition is off)."""
-    from ovsam_ros.bag import PromptProcessor
     from ovsam_ros.config import EverythingConfig, VocabConfig
-    from ovsam_ros.queries import phrase_embedder
-    from ovsam_ros.vocab.base_classes import base_mask_for
+    from ovsam_ros.pipeline import build_processor as build
 
-    vocab = load_vocabulary(args.vocab)  # an unreadable vocabulary fails before the model loads
-    predictor = build_predictor(args)
-    processor = PromptProcessor(predictor, EverythingConfig(points_per_side=args.points_per_side),
-                                VocabConfig(top_k=args.top_k))
-    if predictor.model.recognizer is None:
+    processor = build(model_config(args), VocabConfig(vocabulary=args.vocab, top_k=args.top_k),
+                      EverythingConfig(points_per_side=args.points_per_side), progress=not args.quiet)
+    if processor.vocabulary is None:
         if needs_names:
             raise CliError(f"text queries need a recognizer, and the {args.model} model only segments "
                            "(use an OVSAM preset, or --clip-model with mobilesam / sam-clip)")
         return processor, ""
-    import torch
-
-    text = text_tower(predictor)
-    if text is None:
-        raise CliError(f"the {args.model} model has a recognizer but no CLIP text tower to embed vocabulary "
-                       f"{args.vocab!r} with")
-    base = None
-    if args.model.startswith("ovsam-"):
-        base = torch.as_tensor(base_mask_for(vocab, args.model.split("-", 1)[1]))
-    processor.set_vocabulary(vocab, embed_vocabulary(predictor, vocab, progress=not args.quiet), base,
-                             phrase_embedder(text.model, text.tokenizer, predictor.device))
-    return processor, vocab.label
+    return processor, processor.vocabulary.label
 
 
 def answer_image(processor: Any, rgb: np.ndarray, prompts: list[Prompt], frame_id: str,
@@ -364,6 +314,7 @@ def export_vocabulary(label: str, spec: str | None, instances: list[Instance]) -
     """The vocabulary the class indices refer to: ``--vocab``, or the recorded one when it is shipped
     (name and content hash match). Otherwise one built from the names seen, re-indexing the instances
     (a class-agnostic "object" category when nothing was named)."""
+    from ovsam_ros.pipeline import load_vocabulary
     from ovsam_ros.recognition import UNKNOWN
     from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
 
@@ -408,6 +359,7 @@ def _size(nbytes: int) -> str:
 
 
 def cmd_vocab(args: argparse.Namespace) -> int:
+    from ovsam_ros.pipeline import build_predictor, embed_vocabulary, load_vocabulary
     from ovsam_ros.vocab.templates import VILD_TEMPLATES
     from ovsam_ros.vocab.text_embeddings import EmbeddingCache, text_tower_hash
     from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
@@ -426,10 +378,9 @@ def cmd_vocab(args: argparse.Namespace) -> int:
                   f"{npy.name}")
         return 0
     vocab = load_vocabulary(args.name)
-    predictor = build_predictor(args)
+    predictor = build_predictor(model_config(args))
     embeddings = embed_vocabulary(predictor, vocab, progress=not args.quiet)
-    text = text_tower(predictor)
-    npy, _ = cache.paths(cache.key(vocab, text_tower_hash(text.model), VILD_TEMPLATES))
+    npy, _ = cache.paths(cache.key(vocab, text_tower_hash(predictor.model.text_tower.model), VILD_TEMPLATES))
     print(f"{vocab.label}: {len(vocab)} classes, embeddings {list(embeddings.shape)}, "
           f"{_size(npy.stat().st_size)} at {npy}")
     return 0

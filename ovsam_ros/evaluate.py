@@ -375,12 +375,6 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checkpoint_of(preset: str) -> str | None:
-    """The training-class list of an OVSAM preset ("lvis" / "coco"), else None."""
-    variant = preset.removeprefix("ovsam-")
-    return variant if preset.startswith("ovsam-") and variant in ("lvis", "coco") else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``ovsam-ros eval``: prints the summary as JSON; exit code 0, or 2 with one line on bad input."""
     args = make_parser().parse_args(argv)
@@ -392,27 +386,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ovsam_ros.config import ConfigError, ModelConfig
     from ovsam_ros.model.checkpoints import CheckpointError
-    from ovsam_ros.model.presets import PresetError, build_model
-    from ovsam_ros.vocab.text_embeddings import EmbeddingCache
+    from ovsam_ros.model.presets import PresetError
+    from ovsam_ros.pipeline import build_predictor, checkpoint_classes, embed_vocabulary
     from ovsam_ros.weights import WeightsError
 
     coco = load_coco(args.coco)
     split = make_split(coco, args.split, args.base_classes, args.novel_classes, args.base_ids, args.novel_ids)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model = build_model(args.model, weights_dir=args.weights_dir, random_init=args.random_init,
-                            device=device, recognition=args.recognition, clip_model=args.clip_model)
-    except (PresetError, WeightsError, CheckpointError) as exc:
+        config = ModelConfig(preset=args.model, weights_dir=str(args.weights_dir or ""), device=args.device,
+                             recognition=args.recognition, clip_model=args.clip_model or "",
+                             random_init=args.random_init)
+        predictor = build_predictor(config)
+    except (ConfigError, PresetError, WeightsError, CheckpointError) as exc:
         raise EvalError(str(exc)) from exc
-    predictor = Predictor(model, device=device)
     embeddings = base_mask = None
-    text = getattr(model, "text_tower", None)
-    if model.recognizer is not None and text is not None and not args.no_names:
+    model = predictor.model
+    if model.text_tower is not None and model.recognizer is not None and not args.no_names:
         _, vocab = dataset_vocabulary(coco)
-        embeddings = EmbeddingCache().get_or_build(vocab, text.model, text.tokenizer, predictor.device,
-                                                   progress=not args.quiet)
-        checkpoint = _checkpoint_of(args.model)
+        embeddings = embed_vocabulary(predictor, vocab, progress=not args.quiet)
+        checkpoint = checkpoint_classes(args.model)
         base_mask = None if checkpoint is None else base_mask_for(vocab, checkpoint)
     report = evaluate(predictor, args.coco, args.images, args.prompt, split, embeddings, base_mask,
                       args.batch_size, args.max_images, progress=not args.quiet)

@@ -15,7 +15,6 @@ import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,6 @@ from tf2_ros import Buffer, TransformException, TransformListener
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
-from ovsam_ros.bag import PromptProcessor
 from ovsam_ros.config import (
     NODE_NAME,
     ConfigError,
@@ -60,6 +58,7 @@ from ovsam_ros.config import (
 )
 from ovsam_ros.engine import Engine, EngineError
 from ovsam_ros.msg import InstanceArray, PointPrompt
+from ovsam_ros.pipeline import build_processor
 from ovsam_ros.prompts import Prompt, PromptError
 from ovsam_ros.results import FrameResult
 from ovsam_ros.ros.factory import RclpyFactory
@@ -104,16 +103,6 @@ def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
                                                                   step=0.0)]
     return descriptor
-
-
-def _resolve_device(device: str, precision: str) -> tuple[str, str]:
-    """Device "auto" as the CLI resolves it; precision "auto" -> fp16 on CUDA, fp32 on CPU (config.py)."""
-    from ovsam_ros.cli import resolve_device
-
-    device = resolve_device(device)
-    if precision == "auto":
-        precision = "fp16" if device.startswith("cuda") else "fp32"
-    return device, precision
 
 
 class _Bounded(OrderedDict):
@@ -190,7 +179,7 @@ class OvsamNode(LifecycleNode):
         processor = self._processor
         if processor is not None and config.vocab.vocabulary != self._config.vocab.vocabulary:
             try:
-                self._set_vocabulary(self._vocabulary_from_spec(config.vocab.vocabulary))
+                self._set_vocabulary(config.vocab.vocabulary)
             except (ValueError, OSError) as exc:
                 return SetParametersResult(successful=False, reason=f"vocab.vocabulary: {exc}")
         old, self._config = self._config, config
@@ -218,14 +207,11 @@ class OvsamNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {self._config_error}")
             return TransitionCallbackReturn.FAILURE
         cfg = self._config.model
-        device, precision = _resolve_device(cfg.device, cfg.precision)
         try:
-            self._predictor = self._build_predictor(device, precision)
-            self._processor = PromptProcessor(self._predictor, self._config.everything, self._config.vocab)
-            if self._predictor.model.recognizer is not None:
-                self._set_vocabulary(self._vocabulary_from_spec(self._config.vocab.vocabulary))
+            processor = build_processor(cfg, self._config.vocab, self._config.everything, progress=False)
+            self._processor, self._predictor = processor, processor.predictor
         except Exception as exc:  # any load failure: stay unconfigured, alive
-            self.get_logger().error(f"cannot load the {cfg.preset} model on {device}: {exc}")
+            self.get_logger().error(f"cannot load the {cfg.preset} model on {cfg.device}: {exc}")
             self._predictor = self._processor = None
             return TransitionCallbackReturn.FAILURE
         self._create_publishers()
@@ -238,7 +224,9 @@ class OvsamNode(LifecycleNode):
         ]
         self._tf_buffer = Buffer()
         self._tf_listener = TransformListener(self._tf_buffer, self)  # reentrant group, this executor
-        self.get_logger().info(f"configured: {cfg.preset} on {device} ({precision}), vocabulary "
+        predictor = self._predictor
+        self.get_logger().info(f"configured: {cfg.preset} on {predictor.device} ({predictor.dtype}), "
+                               "vocabulary "
                                f"{self._vocabulary_label() or 'off (no recognizer)'}")
         return super().on_configure(state)
 
@@ -299,43 +287,9 @@ class OvsamNode(LifecycleNode):
 
     # ---------------------------------------------------------------------------------- model & vocabulary
 
-    def _build_predictor(self, device: str, precision: str) -> Any:
-        from ovsam_ros.model.presets import build_model
-        from ovsam_ros.predictor import Predictor
-
-        cfg = self._config.model
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        model = build_model(cfg.preset, weights_dir=Path(cfg.weights_dir) if cfg.weights_dir else None,
-                            random_init=cfg.random_init, device=device, dtype=dtype,
-                            recognition=cfg.recognition, clip_model=cfg.clip_model or None,
-                            sam_variant=cfg.sam_variant)
-        return Predictor(model, device=device, dtype=dtype)
-
-    @staticmethod
-    def _vocabulary_from_spec(spec: str) -> Any:
-        """A shipped vocabulary by name, else a file path (what ``vocab.vocabulary`` holds)."""
-        from ovsam_ros.cli import load_vocabulary
-
-        return load_vocabulary(spec)
-
     def _set_vocabulary(self, vocabulary: Any) -> None:
-        """Text embeddings from the on-disk cache (built once), the checkpoint's base classes for the
-        OVSAM presets, and the phrase embedder for text queries, as the CLI sets them."""
-        from ovsam_ros.cli import embed_vocabulary, text_tower
-        from ovsam_ros.queries import phrase_embedder
-        from ovsam_ros.vocab.base_classes import base_mask_for
-
-        predictor, preset = self._predictor, self._config.model.preset
-        text = text_tower(predictor)
-        if predictor.model.recognizer is None or text is None:
-            raise ValueError(f"the {preset} model has no recognizer: it only segments (set "
-                             "model.clip_model to name masks with mobilesam / sam-clip)")
-        base = None
-        if preset.startswith("ovsam-"):
-            base = torch.as_tensor(base_mask_for(vocabulary, preset.split("-", 1)[1]))
-        embeddings = embed_vocabulary(predictor, vocabulary, progress=False)
-        self._processor.set_vocabulary(vocabulary, embeddings, base,
-                                       phrase_embedder(text.model, text.tokenizer, predictor.device))
+        """Cached text embeddings, base classes and query phrases (ovsam_ros.pipeline); then LabelInfo."""
+        self._processor.use_vocabulary(vocabulary, self._config.model.preset, progress=False)
         self._publish_label_info()
 
     @property

@@ -15,7 +15,6 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from ovsam_ros.bag import (
     BagError,
     BagTopics,
-    PromptProcessor,
     ReplayOptions,
     bag_storage,
     read_results,
@@ -23,6 +22,7 @@ from ovsam_ros.bag import (
     resolve_topics,
 )
 from ovsam_ros.cli import main
+from ovsam_ros.pipeline import PromptProcessor
 from ovsam_ros.prompts import PromptKind
 from ovsam_ros.ros.factory import RosbagsFactory
 from ovsam_ros.ros.image_conversions import image_to_numpy, numpy_to_image

@@ -246,7 +246,7 @@ def test_text_needs_a_recognizer(tmp_path, capsys, bear, mobile_sam_path):
     assert main(argv) == 1
     _one_line_error(capsys, "text queries need a recognizer")
     assert main(["vocab", "build", "coco", *_model(mobile_sam_path)]) == 1
-    _one_line_error(capsys, "no CLIP text tower")
+    _one_line_error(capsys, "no recognizer with a CLIP text tower")
 
 
 def test_export_coco_of_something_else(tmp_path, capsys):

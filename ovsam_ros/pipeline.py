@@ -1,0 +1,195 @@
+"""From settings to a ready prompt processor: device, model, vocabulary with cached text embeddings.
+
+The CLI, the bag replay, the evaluator and the ROS node all start the same way, and all answer prompts
+the same way; this module is that one way. Five lines from an image to named masks::
+
+    from ovsam_ros.config import ModelConfig, VocabConfig
+    from ovsam_ros.pipeline import build_processor
+    from ovsam_ros.prompts import Prompt
+    ovsam = build_processor(ModelConfig(preset="ovsam-lvis"), VocabConfig(vocabulary="lvis"))
+    for inst in ovsam.segment(rgb, [Prompt.point([(320, 240)]), Prompt.from_box([10, 20, 200, 220])]):
+        print(inst.label, inst.score, inst.bbox)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
+from ovsam_ros.engine import PredictorProcessor
+from ovsam_ros.model.base import ImageFeatures
+from ovsam_ros.predictor import DTYPES, Predictor
+from ovsam_ros.prompts import Prompt, PromptKind
+from ovsam_ros.recognition import Naming, name_instances
+from ovsam_ros.results import Instance
+from ovsam_ros.vocab.base_classes import base_mask_for
+from ovsam_ros.vocab.text_embeddings import EmbeddingCache
+from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
+
+
+class PipelineError(ValueError):
+    """Settings that do not fit together (e.g. naming with a model that only segments)."""
+
+
+def resolve_device(device: str = "auto", precision: str = "auto") -> tuple[str, torch.dtype]:
+    """``auto`` device -> CUDA when available, else CPU; ``auto`` precision -> fp16 on CUDA, else fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+    if precision not in DTYPES:
+        raise PipelineError(f"precision must be auto, {', '.join(DTYPES)}; got {precision!r}")
+    return device, DTYPES[precision]
+
+
+def load_vocabulary(spec: str | Vocabulary) -> Vocabulary:
+    """A shipped vocabulary by name (coco, lvis, imagenet21k, all), else a .txt/.yaml file of names."""
+    if isinstance(spec, Vocabulary):
+        return spec
+    return Vocabulary.from_name(spec) if spec in (*PRESETS, ALL) else Vocabulary.from_file(spec)
+
+
+def checkpoint_classes(preset: str) -> str | None:
+    """The training-class list of an OVSAM preset ("lvis" / "coco"): its base classes; else None."""
+    variant = preset.removeprefix("ovsam-")
+    return variant if preset.startswith("ovsam-") and variant in ("lvis", "coco") else None
+
+
+def build_predictor(config: ModelConfig | None = None) -> Predictor:
+    """The configured preset on its device and precision (weights resolved by the presets)."""
+    from ovsam_ros.model.presets import build_model
+
+    config = ModelConfig() if config is None else config
+    device, dtype = resolve_device(config.device, config.precision)
+    model = build_model(config.preset, weights_dir=Path(config.weights_dir).expanduser() if config.weights_dir
+                        else None, random_init=config.random_init, device=device, dtype=dtype,
+                        recognition=config.recognition, clip_model=config.clip_model or None,
+                        sam_variant=config.sam_variant)
+    return Predictor(model, device=device, dtype=dtype)
+
+
+def embed_vocabulary(predictor: Predictor, vocabulary: Vocabulary, progress: bool = True) -> torch.Tensor:
+    """``[C, P, D]`` text embeddings of ``vocabulary`` by the model's own text tower, from the on-disk
+    cache (built once per text tower, vocabulary and template set)."""
+    text = predictor.model.text_tower
+    if predictor.model.recognizer is None or text is None:
+        raise PipelineError(f"the {type(predictor.model).__name__} model has no recognizer with a CLIP text "
+                            "tower: it only segments (configure a CLIP model for mobilesam / sam-clip)")
+    return EmbeddingCache().get_or_build(vocabulary, text.model, text.tokenizer, predictor.device,
+                                         progress=progress)
+
+
+class PromptProcessor:
+    """Answers all four prompt kinds on a frame's cached features; the engine's
+    :class:`~ovsam_ros.engine.FrameProcessor`.
+
+    Points and boxes go through :class:`~ovsam_ros.engine.PredictorProcessor` (the predictor's batched
+    ``predict_prompts``); text and everything through :mod:`ovsam_ros.queries` and
+    :mod:`ovsam_ros.everything`, which share one set of everything-mode candidate masks per frame.
+    Instances come back in prompt order.
+    """
+
+    def __init__(self, predictor: Predictor, everything: EverythingConfig | None = None,
+                 vocab_config: VocabConfig | None = None) -> None:
+        self.predictor = predictor
+        self.everything = EverythingConfig() if everything is None else everything
+        self.vocab_config = VocabConfig() if vocab_config is None else vocab_config
+        self.vocabulary: Vocabulary | None = None
+        self._direct = PredictorProcessor(predictor, namer=self._name)
+        self._embeddings: torch.Tensor | None = None
+        self._base_mask: torch.Tensor | None = None
+        self._embed: Callable | None = None
+        self._query_sets: dict[str, Any] = {}
+
+    @property
+    def can_name(self) -> bool:
+        return self.vocabulary is not None
+
+    def set_vocabulary(self, vocabulary: Vocabulary, embeddings: torch.Tensor,
+                       base_mask: torch.Tensor | None = None, embed_phrases: Callable | None = None) -> None:
+        """Name with ``vocabulary`` (``[C, P, D]`` text ``embeddings``); ``embed_phrases`` embeds text
+        queries that are not classes of it (:func:`ovsam_ros.queries.phrase_embedder`)."""
+        self.predictor.set_vocabulary(vocabulary.display_names, embeddings, base_mask)
+        self.vocabulary, self._embeddings, self._base_mask = vocabulary, embeddings, base_mask
+        self._embed = embed_phrases
+        self._query_sets.clear()
+
+    def use_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "", progress: bool = True) -> None:
+        """Name with ``vocabulary`` (a name, a file or a :class:`Vocabulary`): cached text embeddings, the
+        checkpoint's base classes for an OVSAM ``preset``, and text-query phrases by the same tower."""
+        from ovsam_ros.queries import phrase_embedder
+
+        vocabulary = load_vocabulary(vocabulary)
+        embeddings = embed_vocabulary(self.predictor, vocabulary, progress)
+        checkpoint = checkpoint_classes(preset)
+        base = None if checkpoint is None else torch.as_tensor(base_mask_for(vocabulary, checkpoint))
+        text = self.predictor.model.text_tower
+        self.set_vocabulary(vocabulary, embeddings, base,
+                            phrase_embedder(text.model, text.tokenizer, self.predictor.device))
+
+    def encode(self, image: np.ndarray) -> ImageFeatures:
+        return self.predictor.encode(image)
+
+    def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Instance]:
+        """One image, one-off prompts: encode it and answer them (the engine does this per frame)."""
+        return self.answer(self.encode(image), prompts)
+
+    def _name(self, probs: torch.Tensor) -> list[Naming] | None:
+        """Top-k names and the "unknown" threshold for point and box prompts, as for everything mode."""
+        if self.vocabulary is None:
+            return None
+        config = self.vocab_config
+        return name_instances(probs, self.vocabulary, config.top_k, config.score_threshold)
+
+    def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
+        from ovsam_ros.everything import candidates_to_instances, generate_candidates, name_candidates
+        from ovsam_ros.queries import find_text_instances
+
+        direct = [p for p in prompts if p.kind in (PromptKind.POINT, PromptKind.BOX)]
+        answered = iter(self._direct.answer(features, direct) if direct else [])
+        candidates = None
+        out: list[Instance] = []
+        for prompt in prompts:
+            if prompt.kind in (PromptKind.POINT, PromptKind.BOX):
+                out.append(next(answered))
+                continue
+            query_set = self._query_set(prompt.text) if prompt.kind == PromptKind.TEXT else None
+            if candidates is None:
+                candidates = generate_candidates(self.predictor, features, self.everything)
+            if query_set is not None:
+                out += find_text_instances(self.predictor, features, query_set, candidates=candidates,
+                                           vocab_config=self.vocab_config)
+            else:
+                namings = name_candidates(self.predictor, features, candidates, self.vocabulary,
+                                          self.vocab_config)
+                out += candidates_to_instances(candidates, namings, PromptKind.EVERYTHING, prompt.id)
+        return out
+
+    def _query_set(self, text: str) -> Any:
+        from ovsam_ros.queries import QueryError, build_query_set
+
+        if self.vocabulary is None or self._embed is None:
+            raise QueryError(f"text query {text!r} needs a recognizer with a vocabulary; this model only "
+                             "segments (use an OVSAM preset, or a CLIP model for mobilesam / sam-clip)")
+        if text not in self._query_sets:
+            self._query_sets[text] = build_query_set(text, self.vocabulary, self._embeddings, self._embed,
+                                                     self._base_mask)
+        return self._query_sets[text]
+
+
+def build_processor(model: ModelConfig | None = None, vocab: VocabConfig | None = None,
+                    everything: EverythingConfig | None = None, progress: bool = True) -> PromptProcessor:
+    """The configured model with its vocabulary set where the model can name masks. An unreadable
+    vocabulary file fails before the (slow) model load."""
+    model = ModelConfig() if model is None else model
+    vocab = VocabConfig() if vocab is None else vocab
+    vocabulary = load_vocabulary(vocab.vocabulary)
+    processor = PromptProcessor(build_predictor(model), everything, vocab)
+    if processor.predictor.model.recognizer is not None:
+        processor.use_vocabulary(vocabulary, model.preset, progress)
+    return processor
