@@ -319,11 +319,16 @@ class OvsamNode(LifecycleNode):
             self.get_logger().warn("the engine worker did not stop within 10 s")
 
     def _restart_engine(self) -> None:
-        """Engine settings are fixed per engine: apply a change with a new one, keeping standing prompts
-        (the few cached frames are dropped)."""
+        """Timing and encode settings change in place; buffer sizes and image keeping need a new
+        engine, which keeps the standing prompts (the few cached frames are dropped)."""
         old = self._engine
         if old is None:
             return
+        try:
+            old.reconfigure(self._engine_config())
+            return
+        except EngineError:
+            pass
         standing = old.standing()
         self._stop_engine()
         self._start_engine()

@@ -220,8 +220,10 @@ def test_parameters_are_validated_and_services_refuse_clearly(ros):
     assert not results[0].successful and "engine.encode_mode must be one of" in results[0].reason
     results = node.set_parameters([Parameter("model.preset", value="ovsam-coco")])
     assert not results[0].successful  # read-only: the model changes only with a restart
+    engine = node._engine
     assert node.set_parameters([Parameter("engine.sync_slop_s", value=0.1)])[0].successful
     assert node.get_parameter("engine.sync_slop_s").value == 0.1
+    assert node._engine is engine and engine.config.sync_slop_s == 0.1  # changed in place, cache kept
     reply = client.call(client.set_vocabulary, SetVocabulary.Request(preset="coco"))
     assert not reply.success and "recognizer" in reply.message
     reply = client.call(client.set_vocabulary, SetVocabulary.Request(preset="coco", file="/x.txt"))
