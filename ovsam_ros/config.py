@@ -116,8 +116,8 @@ class EverythingConfig(_Section):
     nms_threshold: float = _param(0.7, "box IoU above which the weaker of two masks is dropped",
                                   range=(0.0, 1.0), dynamic=True)
     min_area: int = _param(0, "minimum mask area in pixels", range=(0, 1 << 30), dynamic=True)
-    rate_hz: float = _param(1.0, "how often a standing 'everything' prompt is re-applied to the stream; "
-                                 "0 = only on request", range=(0.0, 100.0), dynamic=True)
+    standing: bool = _param(False, "segment everything on every newly encoded frame (as often as "
+                                   "engine.max_encode_rate_hz allows); false = only on request", dynamic=True)
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,8 @@ class OvsamNode(LifecycleNode):
             self._restart_engine()
         if config.vocab.score_threshold != old.vocab.score_threshold:
             self._publish_label_info()
+        if config.everything.standing != old.everything.standing:
+            self._apply_everything()
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------------------------- lifecycle
@@ -312,6 +314,13 @@ class OvsamNode(LifecycleNode):
         self._engine = Engine(self._processor, self._engine_config(), on_result=self._on_result,
                               on_error=self._on_engine_error)
         self._engine.start()
+        self._apply_everything()
+
+    def _apply_everything(self) -> None:
+        """``everything.standing``: an everything prompt on every newly encoded frame, or none."""
+        if self._engine is not None:
+            standing = [Prompt.everything()] if self._config.everything.standing else []
+            self._engine.set_standing("everything", standing)
 
     def _stop_engine(self) -> None:
         engine, self._engine = self._engine, None
@@ -652,7 +661,8 @@ class OvsamNode(LifecycleNode):
         engine = self._engine
         if engine is not None:
             engine.clear_standing()
-        response.success, response.message = True, "standing prompts cleared"
+            self._apply_everything()  # the everything.standing parameter stays the truth
+        response.success, response.message = True, "standing prompts (text, boxes) cleared"
         return response
 
 

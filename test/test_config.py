@@ -44,13 +44,13 @@ def test_nested_dotted_namespaced_and_wildcard_blocks_merge(tmp_path):
     path.write_text(
         "/**:\n  ros__parameters:\n    vocab: {top_k: 3}\n    model.device: cpu\n"
         "/robot/ovsam_node:\n  ros__parameters:\n    model: {preset: mobilesam, device: 'cuda:1'}\n"
-        "    everything.rate_hz: 2\n"
+        "    everything.nms_threshold: 1\n"
         "other_node:\n  ros__parameters:\n    not_ours: 1\n"
     )
     cfg = load_config(path)
     assert cfg.vocab.top_k == 3
     assert cfg.model.preset == "mobilesam" and cfg.model.device == "cuda:1"
-    assert cfg.everything.rate_hz == 2.0 and isinstance(cfg.everything.rate_hz, float)
+    assert cfg.everything.nms_threshold == 1.0 and isinstance(cfg.everything.nms_threshold, float)
     with pytest.raises(ConfigError, match="not_ours"):
         load_config(path, node_name="other_node")
 

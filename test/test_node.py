@@ -106,6 +106,7 @@ def ros(mobile_sam_path):
         Parameter("engine.max_prompt_age_s", value=3600.0),
         Parameter("node.image_qos", value="reliable"),
         Parameter("node.image_topic", value="/image"),
+        Parameter("everything.points_per_side", value=8),  # a small grid keeps everything mode quick
     ])
     client = Client(node.get_name())
     executor = MultiThreadedExecutor(num_threads=3)
@@ -210,6 +211,30 @@ def test_segment_service_answers_from_the_newest_frame(ros, photo):
     assert _iou(roi_image_to_mask(inst.mask, inst.roi, rgb.shape[:2]), gts[0]) > 0.85
     empty = client.call(client.segment, Segment.Request())
     assert not empty.success and "no prompt" in empty.message
+
+
+def test_standing_everything_segments_each_new_frame(ros, photo):
+    """``everything.standing`` (dynamic) adds an everything prompt to every newly encoded frame; auto
+    encoding then encodes frames nobody clicked on."""
+    node, client = ros
+    rgb, gts = photo
+    changes = [Parameter("engine.encode_mode", value="auto"), Parameter("everything.standing", value=True)]
+    assert all(r.successful for r in node.set_parameters(changes))
+    try:
+        before = len(client.results)
+        client.image_pub.publish(_image_msg(rgb, 1_700_000_010, 0))
+        client.wait_for(lambda: any(r.header.stamp.sec == 1_700_000_010 for r in client.results[before:]),
+                        "everything-mode instances of an unprompted frame")
+        with client.lock:
+            result = next(r for r in client.results[before:] if r.header.stamp.sec == 1_700_000_010)
+        assert result.instances and all(i.prompt_type == i.PROMPT_EVERYTHING for i in result.instances)
+        masks = [roi_image_to_mask(i.mask, i.roi, rgb.shape[:2]) for i in result.instances]
+        # an 8x8 grid finds two of the three toys on this photo (a 16x16 grid finds all three)
+        assert sum(max(_iou(m, gt) for m in masks) > 0.6 for gt in gts) >= 2
+    finally:
+        restore = [Parameter("everything.standing", value=False), Parameter("engine.encode_mode",
+                                                                              value="on_demand")]
+        assert all(r.successful for r in node.set_parameters(restore))
 
 
 def test_parameters_are_validated_and_services_refuse_clearly(ros):
