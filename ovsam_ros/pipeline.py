@@ -114,6 +114,8 @@ class PromptProcessor:
                        base_mask: torch.Tensor | None = None, embed_phrases: Callable | None = None) -> None:
         """Name with ``vocabulary`` (``[C, P, D]`` text ``embeddings``); ``embed_phrases`` embeds text
         queries that are not classes of it (:func:`ovsam_ros.queries.phrase_embedder`)."""
+        # on the device once: text query sets are built from these and swapped in on every frame
+        embeddings = torch.as_tensor(embeddings).to(self.predictor.device)
         self.predictor.set_vocabulary(vocabulary.display_names, embeddings, base_mask)
         self.vocabulary, self._embeddings, self._base_mask = vocabulary, embeddings, base_mask
         self._embed = embed_phrases

@@ -116,3 +116,24 @@ def test_bad_embeddings_and_features_raise_clear_errors():
         clf.class_indices(torch.ones(3, dtype=torch.bool))
     with pytest.raises(EmbeddingError):
         pad_synonyms([])
+
+
+def test_swapping_between_two_vocabularies_reuses_their_prepared_weights():
+    """Text queries swap the vocabulary and vocabulary + phrases on every frame: the second time each
+    is set, nothing is validated or copied again, and the logits are those of the tensor set."""
+    classifier = TextClassifier(8)
+    vocab = F.normalize(torch.randn(5, 2, 8), dim=-1)
+    extended = F.normalize(torch.randn(7, 2, 8), dim=-1)
+    feats = torch.randn(3, 8)
+    classifier.set_embeddings(vocab)
+    first_weight, first_logits = classifier.weight, classifier(feats)
+    classifier.set_embeddings(extended)
+    assert classifier(feats).shape == (3, 8)
+    classifier.set_embeddings(vocab)
+    assert classifier.weight is first_weight and classifier.num_classes == 5
+    torch.testing.assert_close(classifier(feats), first_logits)
+    equal_copy = vocab.clone()  # same values, another tensor: validated and prepared anew
+    classifier.set_embeddings(equal_copy)
+    assert classifier.weight is not first_weight
+    with pytest.raises(EmbeddingError):
+        classifier.set_embeddings(vocab * 2)  # a new tensor is always validated
