@@ -2,15 +2,16 @@
 
 Sources, read without installing or importing anything that would become a dependency:
 
-* COCO-80 and LVIS-1203 names: ``ultralytics/cfg/datasets/{coco,lvis}.yaml`` read out of the ultralytics
-  wheel (``pip download --no-deps ultralytics``; pass ``--ultralytics-wheel`` to reuse a file). LVIS lines
-  keep ultralytics' ``/``-separated synonym lists verbatim; the vocabulary loader splits them.
+* COCO-80 and LVIS-1203 synonym lists (``lvis_synonyms.txt``): ``ultralytics/cfg/datasets/{coco,lvis}.yaml``
+  read out of the ultralytics wheel (``pip download --no-deps ultralytics``; pass ``--ultralytics-wheel``
+  to reuse a file). LVIS lines keep ultralytics' ``/``-separated synonym lists verbatim.
 * ImageNet-21k: the 21,843 synsets of ``timm/data/_info/imagenet21k_goog_synsets.txt`` in that order (the
   label order of Google's in21k heads), each with its lemma list from ``imagenet_synset_to_lemma.txt``
   (that file has 21,844 lines; the extra synset is not part of ImageNet-21k).
 * COCO base/novel: the OV-COCO 48/17 split (Bansal et al. 2018), as indices into the COCO-80 list.
-* LVIS base: the frequent + common categories (866) of LVIS v1, by the ``frequency`` field of the
-  ``categories`` of any LVIS v1 annotation file (``--lvis-categories``; skipped when not given).
+* LVIS (``lvis.txt``) and LVIS base: the ``name`` fields of the ``categories`` of any LVIS v1 annotation
+  file (``--lvis-categories``; skipped when not given), i.e. the class strings the released OVSAM
+  embedded ([1203, 2, 768] after splitting on ``_or_``), and the frequent + common ones (866).
 
 Usage: ``python scripts/make_vocab_data.py [--ultralytics-wheel W] [--lvis-categories lvis_v1_val.json]``.
 """
@@ -39,11 +40,12 @@ COCO_NOVEL_IDS = [4, 5, 15, 16, 19, 20, 25, 27, 31, 36, 41, 43, 55, 57, 66, 71, 
 
 HEADERS = {
     "coco.txt": "COCO 2017, 80 classes (names from ultralytics cfg/datasets/coco.yaml)",
-    "lvis.txt": "LVIS v1, 1203 classes with synonyms, '/'-separated (ultralytics cfg/datasets/lvis.yaml)",
+    "lvis.txt": "LVIS v1, 1203 category names, the class strings the released OVSAM embedded",
+    "lvis_synonyms.txt": "LVIS v1, 1203 classes with all synonyms, '/'-separated (ultralytics lvis.yaml)",
     "imagenet21k.txt": "ImageNet-21k, 21843 WordNet synsets in Google in21k label order; lemmas from timm",
     "coco_base.txt": "OV-COCO 48/17 split: the 48 base (training) classes",
     "coco_novel.txt": "OV-COCO 48/17 split: the 17 novel classes",
-    "lvis_base.txt": "LVIS v1 frequent + common classes (866): the LVIS checkpoint's training classes",
+    "lvis_base.txt": "LVIS v1 frequent + common category names (866): the LVIS checkpoint's training classes",
 }
 
 
@@ -72,8 +74,8 @@ def _imagenet21k() -> list[str]:
     return [lemmas[s] for s in synsets]
 
 
-def _lvis_base(categories_file: Path, lvis: list[str]) -> list[str]:
-    """LVIS lines of the frequent + common categories; checks the file's order against ultralytics'."""
+def _lvis_categories(categories_file: Path, lvis: list[str]) -> list[dict]:
+    """LVIS v1 categories by id; their order is checked against ultralytics' synonym list."""
     data = json.loads(categories_file.read_text())
     cats = sorted(data["categories"] if isinstance(data, dict) else data, key=lambda c: c["id"])
     if [c["id"] for c in cats] != list(range(1, len(lvis) + 1)):
@@ -83,10 +85,10 @@ def _lvis_base(categories_file: Path, lvis: list[str]) -> list[str]:
                   not in [s.strip().lower() for s in line.split("/")]]
     if len(mismatched) > 5:  # ultralytics renamed two ("bull", "doughnut"); more means a different order
         raise SystemExit(f"LVIS names do not line up with ultralytics' list: {mismatched[:10]}")
-    base = [line for c, line in zip(cats, lvis, strict=True) if c["frequency"] in ("f", "c")]
-    if len(base) != 866:
-        raise SystemExit(f"expected 866 frequent + common LVIS classes, found {len(base)}")
-    return base
+    frequent_common = sum(c["frequency"] in ("f", "c") for c in cats)
+    if frequent_common != 866:
+        raise SystemExit(f"expected 866 frequent + common LVIS classes, found {frequent_common}")
+    return cats
 
 
 def _write(name: str, lines: list[str], out: Path) -> None:
@@ -111,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(coco) != 80 or len(lvis) != 1203:
         raise SystemExit(f"expected 80 COCO and 1203 LVIS names, found {len(coco)} and {len(lvis)}")
     _write("coco.txt", coco, args.out)
-    _write("lvis.txt", lvis, args.out)
     _write("imagenet21k.txt", _imagenet21k(), args.out)
     _write("coco_base.txt", [coco[i] for i in COCO_BASE_IDS], args.out)
     _write("coco_novel.txt", [coco[i] for i in COCO_NOVEL_IDS], args.out)
-    if args.lvis_categories:
-        _write("lvis_base.txt", _lvis_base(args.lvis_categories, lvis), args.out)
+    _write("lvis_synonyms.txt", lvis, args.out)
+    if args.lvis_categories:  # the class strings the released OVSAM embedded, and its training classes
+        cats = _lvis_categories(args.lvis_categories, lvis)
+        _write("lvis.txt", [c["name"] for c in cats], args.out)
+        _write("lvis_base.txt", [c["name"] for c in cats if c["frequency"] in ("f", "c")], args.out)
     return 0
 
 

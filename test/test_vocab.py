@@ -40,9 +40,19 @@ def test_imagenet21k_keeps_synonyms_and_order():
 
 
 def test_lvis_synonyms_from_ultralytics():
-    vocab = Vocabulary.from_name("lvis")
+    vocab = Vocabulary.from_name("lvis_synonyms")
     assert vocab.classes[0] == ("aerosol can", "spray can")
     assert "trash can" in vocab.display_names
+
+
+def test_lvis_is_the_released_class_strings():
+    """LVIS category names split as the released OVSAM split them: its classifier is [1203, 2, 768]."""
+    vocab = Vocabulary.from_name("lvis")
+    assert len(vocab) == 1203 and vocab.max_synonyms == 2
+    assert [c for c in vocab.classes if len(c) > 1] == [("tape (sticky cloth", "paper)")]
+    assert vocab.classes[0] == ("aerosol can",)
+    synonyms = Vocabulary.from_name("lvis_synonyms")
+    assert len(synonyms) == len(vocab)
 
 
 def test_all_is_merged_without_duplicates():
@@ -150,6 +160,7 @@ def test_checkpoint_base_classes():
     assert {"person", "bicycle", "toothbrush", "toaster"} <= base and not base & novel
     # rare LVIS classes that share a name with a trained one ("bow" weapon vs ribbon) stay novel
     assert base_mask_for(Vocabulary.from_name("lvis"), "lvis").sum() == 866
+    assert base_mask_for(Vocabulary.from_name("lvis_synonyms"), "lvis").sum() == 866
 
 
 def test_base_mask_on_a_custom_vocabulary():

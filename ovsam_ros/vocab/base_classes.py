@@ -20,6 +20,8 @@ from ovsam_ros.vocab.vocabulary import Vocabulary, VocabularyError, data_file, n
 
 # checkpoint -> its training classes; the checkpoint's name is also that of its dataset's vocabulary
 CHECKPOINT_CLASSES = {"lvis": "lvis_base.txt", "coco": "coco_base.txt"}
+# checkpoint -> shipped vocabularies of its dataset, index-aligned (the same classes, other synonyms)
+DATASET_VOCABULARIES = {"lvis": ("lvis", "lvis_synonyms"), "coco": ("coco",)}
 
 
 @functools.cache
@@ -39,11 +41,19 @@ def _key(synonyms: tuple[str, ...]) -> Key:
 
 @functools.cache
 def _training_sets(checkpoint: str) -> tuple[frozenset[Key], frozenset[Key], frozenset[str]]:
-    """(every dataset class, the trained classes, every synonym of a trained class), normalised."""
-    base = base_vocabulary(checkpoint).classes
-    dataset = Vocabulary.from_name(checkpoint).classes
-    return (frozenset(map(_key, dataset)), frozenset(map(_key, base)),
-            frozenset(s for synonyms in base for s in _key(synonyms)))
+    """(every dataset class, the trained classes, every synonym of a trained class), normalised, over
+    every shipped form of the dataset's vocabulary (LVIS: its category names and its synonym lists)."""
+    base_keys = set(map(_key, base_vocabulary(checkpoint).classes))
+    forms = [Vocabulary.from_name(name).classes for name in DATASET_VOCABULARIES[checkpoint]]
+    trained = [_key(c) in base_keys for c in forms[0]]
+    dataset: set[Key] = set()
+    base: set[Key] = set()
+    for classes in forms:
+        for synonyms, is_trained in zip(classes, trained, strict=True):
+            dataset.add(_key(synonyms))
+            if is_trained:
+                base.add(_key(synonyms))
+    return frozenset(dataset), frozenset(base), frozenset(s for key in base for s in key)
 
 
 def _is_base(synonyms: tuple[str, ...], checkpoint: str) -> bool:

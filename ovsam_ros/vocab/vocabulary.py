@@ -18,8 +18,13 @@ from pathlib import Path
 
 import yaml
 
-PRESETS = ("coco", "lvis", "imagenet21k")
+PRESETS = ("coco", "lvis", "lvis_synonyms", "imagenet21k")
+"""Shipped vocabularies. ``lvis`` holds LVIS's category names, the strings the released OVSAM embedded
+(so its text embeddings are the checkpoint's own); ``lvis_synonyms`` the same classes with every LVIS
+synonym, for naming beyond the checkpoint's exact classifier."""
 ALL = "all"
+MERGED = ("coco", "lvis", "imagenet21k")
+"""What ``all`` merges (``lvis_synonyms`` would only repeat ``lvis``)."""
 
 
 class VocabularyError(ValueError):
@@ -106,7 +111,8 @@ class Vocabulary:
 
     @staticmethod
     def from_name(name: str) -> Vocabulary:
-        """A shipped vocabulary: "coco" (80), "lvis" (1203), "imagenet21k" (21,843) or "all" (merged)."""
+        """A shipped vocabulary: "coco" (80), "lvis" / "lvis_synonyms" (1203), "imagenet21k" (21,843) or
+        "all" (merged)."""
         if name == ALL:
             return _all()
         if name not in PRESETS:
@@ -165,5 +171,5 @@ def _preset(name: str) -> Vocabulary:
 
 @functools.lru_cache(maxsize=1)
 def _all() -> Vocabulary:
-    return Vocabulary.merged([_preset(n) for n in PRESETS], name=ALL)
+    return Vocabulary.merged([_preset(n) for n in MERGED], name=ALL)
 
