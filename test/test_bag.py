@@ -225,13 +225,13 @@ def test_processor_answers_every_prompt_kind_in_order(mobile_sam_path, gt):
     import torch
 
     from ovsam_ros.config import EverythingConfig, VocabConfig
-    from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+    from ovsam_ros.model.feature_crop import build_feature_crop
     from ovsam_ros.model.sam import build_mobile_sam
     from ovsam_ros.predictor import Predictor
     from ovsam_ros.prompts import Prompt
     from ovsam_ros.vocab.vocabulary import Vocabulary
 
-    recognizer = build_feature_crop_recognizer("RN50", random_init=True)
+    recognizer = build_feature_crop("RN50", random_init=True)[0]
     predictor = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
     processor = PromptProcessor(predictor, EverythingConfig(points_per_side=4),
                                 VocabConfig(text_threshold=0.0))

@@ -74,9 +74,9 @@ def test_naming_accuracy(mobile_sam_path, bear):
     accuracy is the share of right ones (random CLIP weights here: the path, not the quality)."""
     import torch
 
-    from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+    from ovsam_ros.model.feature_crop import build_feature_crop
 
-    recognizer = build_feature_crop_recognizer("RN50", random_init=True)
+    recognizer = build_feature_crop("RN50", random_init=True)[0]
     named = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
     coco = ev.load_coco(bear.annotations)
     cat_ids, vocab = ev.dataset_vocabulary(coco)

@@ -33,7 +33,7 @@ from ovsam_ros.everything import (
     segment_everything,
 )
 from ovsam_ros.model.base import ImageFeatures
-from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+from ovsam_ros.model.feature_crop import build_feature_crop
 from ovsam_ros.model.sam import build_mobile_sam
 from ovsam_ros.predictor import Predictor
 from ovsam_ros.prompts import PromptKind
@@ -51,7 +51,7 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def scene(mobile_sam_path, bear):
-    recognizer = build_feature_crop_recognizer("RN50", random_init=True, input_size=448)
+    recognizer = build_feature_crop("RN50", random_init=True, input_size=448)[0]
     predictor = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
     rgb = cv2.cvtColor(cv2.imread(str(bear.image_dir / PHOTO)), cv2.COLOR_BGR2RGB)
     features = predictor.encode(rgb)

@@ -16,7 +16,7 @@ from ovsam_ros.model.classifier import EmbeddingError
 from ovsam_ros.model.feature_crop import (
     FeatureCropError,
     FeatureCropRecognizer,
-    build_feature_crop_recognizer,
+    build_feature_crop,
 )
 
 SIZE = 256  # padded square side of the "segmenter" input; low-res masks are SIZE/4
@@ -154,8 +154,8 @@ def test_frozen_and_in_eval_mode(recognizer):
 
 def test_builder_refuses_ambiguous_or_missing_weights(tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
-        build_feature_crop_recognizer("ViT-B-16")
+        build_feature_crop("ViT-B-16")
     with pytest.raises(CheckpointError, match=r"clip\.bin"):
-        build_feature_crop_recognizer("ViT-B-16", tmp_path / "clip.bin")
+        build_feature_crop("ViT-B-16", tmp_path / "clip.bin")
     with pytest.raises(ValueError, match="divisible by 32"):
         FeatureCropRecognizer(_tiny_resnet(), input_size=100)

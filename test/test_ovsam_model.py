@@ -44,12 +44,17 @@ def tiny() -> OVSAMSegmenter:
     return OVSAMSegmenter(tower, adapter, roi_size=7).eval()
 
 
+def _encode_random(model: OVSAMSegmenter, seed: int) -> ImageFeatures:
+    """Features of a random 1024 px input, as a frame's cached features."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        embedding, levels = model.encode(torch.randn(1, 3, 1024, 1024))
+    return ImageFeatures(embedding, levels, (1024, 1024), (1024, 1024))
+
+
 @pytest.fixture(scope="module")
 def tiny_features(tiny) -> ImageFeatures:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        embedding, levels = tiny.encode(torch.randn(1, 3, 1024, 1024))
-    return ImageFeatures(embedding, levels, (1024, 1024), (1024, 1024))
+    return _encode_random(tiny, 1)
 
 
 def test_encode_gives_the_sam_embedding_and_fpn_levels_plus_c5(tiny, tiny_features):
@@ -237,10 +242,7 @@ def test_a_missing_key_in_the_clip2sam_file_is_named(model, tmp_path):
 
 @pytest.fixture(scope="module")
 def encoded(model) -> ImageFeatures:
-    torch.manual_seed(2)
-    with torch.no_grad():
-        embedding, levels = model.encode(torch.randn(1, 3, 1024, 1024))
-    return ImageFeatures(embedding, levels, (1024, 1024), (1024, 1024))
+    return _encode_random(model, 2)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from open_clip.modified_resnet import AttentionPool2d
 from ovsam_ros.config import EverythingConfig, VocabConfig
 from ovsam_ros.everything import generate_candidates
 from ovsam_ros.model.base import ImageFeatures
-from ovsam_ros.model.feature_crop import build_feature_crop_recognizer
+from ovsam_ros.model.feature_crop import build_feature_crop
 from ovsam_ros.model.ovsam import OVSAMRecognizer
 from ovsam_ros.model.sam import build_mobile_sam
 from ovsam_ros.predictor import Predictor
@@ -179,7 +179,7 @@ def test_text_queries_need_a_recognizer() -> None:
 def scene(mobile_sam_path, bear):
     """Real MobileSAM + a random RN50 feature-crop recognizer, one real photo encoded once, and the
     everything-mode candidates with their region features (the recognizer's own mask pooling)."""
-    recognizer = build_feature_crop_recognizer("RN50", random_init=True, input_size=448)
+    recognizer = build_feature_crop("RN50", random_init=True, input_size=448)[0]
     predictor = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
     rgb = cv2.cvtColor(cv2.imread(str(bear.image_dir / "3.jpeg")), cv2.COLOR_BGR2RGB)
     features = predictor.encode(rgb)

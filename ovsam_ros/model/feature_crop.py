@@ -159,19 +159,6 @@ class FeatureCropRecognizer(Recognizer):
         return torch.where(covered[:, None], probs, background)
 
 
-def build_feature_crop_recognizer(
-    model_name: str,
-    checkpoint: str | Path | None = None,
-    *,
-    openai_layout: bool = False,
-    random_init: bool = False,
-    input_size: int | None = None,
-) -> FeatureCropRecognizer:
-    """The recognizer over ``model_name``'s image tower (see :func:`build_feature_crop`)."""
-    return build_feature_crop(model_name, checkpoint, openai_layout=openai_layout, random_init=random_init,
-                              input_size=input_size)[0]
-
-
 def build_feature_crop(
     model_name: str,
     checkpoint: str | Path | None = None,
