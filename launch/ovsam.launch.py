@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
@@ -29,6 +29,8 @@ NODE_NAME = "ovsam_node"
 
 ARGUMENTS = {
     "image": ("image", "input image topic (sensor_msgs/Image)"),
+    "image_transport": ("", "raw, or compressed to read <image>/compressed (sensor_msgs/CompressedImage); "
+                            "empty = params file"),
     "camera_info": ("camera_info", "camera intrinsics topic"),
     "depth": ("", "aligned depth topic (16UC1 mm / 32FC1 m); empty = no depth, no 3D outputs"),
     "model": ("", "model preset: ovsam-lvis, ovsam-coco, mobilesam, sam-clip; empty = params file"),
@@ -36,7 +38,8 @@ ARGUMENTS = {
     "device": ("", "auto, cpu, cuda or cuda:N; empty = params file"),
     "namespace": ("", "namespace of the node"),
     "params_file": ("", "ROS 2 params file; empty = share/ovsam_ros/config/ovsam.yaml"),
-    "use_rviz": ("false", "start RViz with config/ovsam.rviz (camera image, overlay, 3D labels)"),
+    "use_rviz": ("false", "start RViz with config/ovsam.rviz (camera image, overlay, depth cloud to click "
+                          "on, 3D labels); needs the rviz2 package, which the robot itself need not have"),
     "fixed_frame": ("camera_color_optical_frame", "RViz fixed frame"),
     "autostart": ("true", "configure and activate the lifecycle node right away"),
 }
@@ -56,6 +59,7 @@ def _rviz_config(share: str, namespace: str, image: str, fixed_frame: str) -> st
         text = f.read()
     text = (text.replace("Value: /image\n", f"Value: {_absolute(namespace, image)}\n")
             .replace("Value: /ovsam_node/", f"Value: {_absolute(namespace, NODE_NAME)}/")
+            .replace("Value: /clicked_point\n", f"Value: {_absolute(namespace, 'clicked_point')}\n")
             .replace("Fixed Frame: camera_color_optical_frame", f"Fixed Frame: {fixed_frame}"))
     with tempfile.NamedTemporaryFile("w", suffix=".rviz", prefix="ovsam_", delete=False) as f:
         f.write(text)
@@ -67,7 +71,7 @@ def _launch_setup(context: LaunchContext) -> list:
     params_file = _value(context, "params_file") or os.path.join(share, "config", "ovsam.yaml")
     overrides: dict[str, object] = {}
     for arg, param in (("model", "model.preset"), ("vocabulary", "vocab.vocabulary"),
-                       ("device", "model.device")):
+                       ("device", "model.device"), ("image_transport", "node.image_transport")):
         if _value(context, arg):
             overrides[param] = _value(context, arg)
     image, depth = _value(context, "image"), _value(context, "depth")
@@ -97,6 +101,11 @@ def _launch_setup(context: LaunchContext) -> list:
             transition(Transition.TRANSITION_CONFIGURE),
         ]
     if IfCondition(LaunchConfiguration("use_rviz")).evaluate(context):
+        try:
+            get_package_share_directory("rviz2")
+        except PackageNotFoundError:
+            return [*actions, LogInfo(msg="use_rviz:=true, but rviz2 is not installed here: run RViz on "
+                                          "another machine with config/ovsam.rviz")]
         rviz = _rviz_config(share, namespace, image, _value(context, "fixed_frame"))
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", rviz]))

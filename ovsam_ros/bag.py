@@ -6,14 +6,14 @@ stamps), so the result does not depend on how fast this machine is, and a frame 
 prompt needs it (or, while text / everything prompts stand, at the engine's rate cap in stream time).
 Conversions and message building are the node's (``ovsam_ros.ros``): one code path for both.
 
+Messages go through the node's own ROS-free core, :class:`~ovsam_ros.session.Session`, so a replay
+behaves as the node does on the same stream: recorded detector boxes are answered on the frame they
+name and stand for later frames until the next array, text queries and everything mode stand.
+
 The output bag holds every input message unchanged (raw bytes, copied) plus ``/ovsam/instances``,
 ``/ovsam/detections`` and ``/ovsam/overlay``, each with the source image's header and written at the
 source image's bag timestamp. A frame that cannot be decoded, a prompt off the image or a click that
 cannot be projected is counted, warned about and skipped; the rest is processed.
-
-Recorded detector boxes (``vision_msgs/Detection2DArray``) are answered on the frame their stamp
-names, once (the node also re-applies a live detector's newest boxes to later frames, which a
-replay with the detections in the bag has no need for).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,12 @@ import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from tqdm import tqdm
 
-from ovsam_ros.engine import Engine, EngineConfig, RejectReason
-from ovsam_ros.prompts import Prompt, PromptError
+from ovsam_ros.config import OvsamConfig, StreamConfig
 from ovsam_ros.results import FrameResult
 from ovsam_ros.ros.factory import RosbagsFactory
-from ovsam_ros.ros.geometry import CameraModel, GeometryError, point_to_pixel
-from ovsam_ros.ros.image_conversions import ConversionError, image_to_rgb, numpy_to_image
 from ovsam_ros.ros.interfaces import typestore
-from ovsam_ros.ros.message_builders import detection2d_array_msg, instance_array_msg, stamp_seconds
-from ovsam_ros.ros.prompt_conversions import detection_prompts, point_prompt
+from ovsam_ros.ros.message_builders import stamp_seconds
+from ovsam_ros.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -132,37 +129,37 @@ def bag_storage(path: Path) -> str:
 
 @dataclass
 class ReplayOptions:
-    """What to answer besides the bag's own prompts, and how the engine runs."""
+    """What to answer besides the bag's own prompts, and how the engine runs (``config.engine``; the
+    node's settings, so a replay behaves as the node would on the same stream)."""
 
     topics: BagTopics = field(default_factory=BagTopics)
     text: str = ""
     everything: bool = False
     storage: str | None = None
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(encode_mode="auto",
-                                                                      max_encode_rate_hz=0.0))
-    vocabulary_label: str = ""
+    config: OvsamConfig = field(default_factory=lambda: OvsamConfig(
+        engine=StreamConfig(encode_mode="auto", max_encode_rate_hz=0.0)))
     progress: bool = True
 
 
 class _Replay:
-    """State of one replay: the engine, the writer, and what each input frame looked like."""
+    """One replay: a :class:`~ovsam_ros.session.Session` in replay mode writing its outputs to the bag."""
 
-    def __init__(self, processor: Any, options: ReplayOptions, writer: Writer, connections: dict) -> None:
-        self.options = options
-        self.factory = RosbagsFactory(typestore())
+    def __init__(self, processor: Any, options: ReplayOptions, roles: dict[str, str], writer: Writer,
+                 connections: dict) -> None:
         self.writer = writer
         self.out = connections
-        config = dataclasses.replace(options.engine, keep_images=True)
-        self.engine = Engine(processor, config, on_result=self._on_result, on_error=self._on_error,
-                             replay=True)
-        self.processor = processor
-        self.frames: OrderedDict[float, tuple[Any, int]] = OrderedDict()
-        self.keep = 2 * (config.cache_size + config.raw_buffer_size) + 8
-        self.image_size: tuple[int, int] | None = None
-        self.camera: CameraModel | None = None
+        self.factory = RosbagsFactory(typestore())
         self.counts: Counter[str] = Counter()
         self.warnings: list[str] = []
-        self.clicks = 0
+        config = options.config
+        config = dataclasses.replace(config, everything=dataclasses.replace(
+            config.everything, standing=config.everything.standing or options.everything),
+            node=dataclasses.replace(config.node, image_topic=roles["image"], use_depth=False))
+        self.session = Session(processor, config, self.factory, publish=self._write, warn=self.warn,
+                               wants=lambda name: name in OUTPUTS, replay=True)
+        self.engine = self.session.engine
+        if options.text.strip():
+            self.session.text(options.text)
 
     def warn(self, message: str) -> None:
         self.counts["warnings"] += 1
@@ -170,106 +167,27 @@ class _Replay:
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(message)
 
-    def _on_error(self, message: str, prompt: Prompt | None) -> None:
-        self.counts["prompts_rejected"] += 1
-        if not message.startswith(RejectReason.FAILED.value):  # failures come with their FrameResult
-            self.warn(message)
+    def feed(self, role: str, msg: Any, bag_ns: int) -> None:
+        """One input message, in bag order; the engine then does all it can."""
+        session = self.session
+        if role == "image":
+            session.image(msg, bag_ns)
+        elif role == "camera_info":
+            session.camera_info(msg)
+        elif role == "points":
+            session.points(msg)
+        elif role == "boxes":
+            session.boxes(msg)
+        elif role == "clicked_point":
+            session.click(msg)
+        else:
+            session.text(str(msg.data))
+        self.engine.run_until_idle()
 
-    # ---------------------------------------------------------------- inputs
-
-    def image(self, msg: Any, topic: str, bag_ns: int) -> None:
-        self.counts["frames"] += 1
-        try:
-            rgb = image_to_rgb(msg)
-        except ConversionError as exc:
-            self.counts["bad_frames"] += 1
-            self.warn(f"skipping frame on {topic} at bag time {bag_ns} ns: {exc}")
-            return
+    def _write(self, output: str, msg: Any, bag_ns: int | None) -> None:
         stamp = stamp_seconds(msg.header.stamp)
-        if stamp <= 0:
-            stamp = bag_ns * 1e-9
-            self.warn(f"frame on {topic} has a zero stamp: keyed by its bag time (outputs keep its header)")
-        self.frames[stamp] = (msg.header, bag_ns)
-        while len(self.frames) > self.keep:
-            self.frames.popitem(last=False)
-        self.image_size = rgb.shape[:2]
-        self.engine.push_frame(rgb, stamp, str(msg.header.frame_id))
-
-    def camera_info(self, msg: Any) -> None:
-        try:
-            self.camera = CameraModel.from_msg(msg)
-        except GeometryError as exc:
-            self.warn(f"ignoring camera_info: {exc}")
-
-    def points(self, msg: Any) -> None:
-        try:
-            prompt = point_prompt(msg, self.image_size)
-        except PromptError as exc:
-            self.counts["prompts_skipped"] += 1
-            self.warn(f"skipping prompt: {exc}")
-            return
-        self._push(prompt, "point_prompts")
-
-    def boxes(self, msg: Any) -> None:
-        prompts, errors = detection_prompts(msg, standing=False, image_size=self.image_size)
-        for error in errors:
-            self.counts["prompts_skipped"] += 1
-            self.warn(f"skipping detection: {error}")
-        for prompt in prompts:
-            self._push(prompt, "box_prompts")
-
-    def clicked_point(self, msg: Any) -> None:
-        if self.camera is None:
-            self.counts["prompts_skipped"] += 1
-            self.warn("clicked point skipped: no camera_info before it")
-            return
-        try:
-            pixel = point_to_pixel(self.camera, msg)
-        except GeometryError as exc:
-            self.counts["prompts_skipped"] += 1
-            self.warn(f"clicked point skipped (no TF offline: clicks must be in the camera frame): {exc}")
-            return
-        self.clicks += 1
-        stamp = stamp_seconds(msg.header.stamp)
-        self._push(Prompt.point([pixel], [1], id=f"click_{self.clicks}", stamp=stamp), "clicks")
-
-    def text(self, msg: Any) -> None:
-        self.set_text(str(msg.data).strip())
-
-    def set_text(self, text: str) -> None:
-        """Standing text queries, as on the node's prompts/text (empty clears)."""
-        if text and not self.processor.can_name:
-            self.counts["prompts_skipped"] += 1
-            self.warn(f"text query {text!r} ignored: the model has no recognizer and vocabulary")
-            return
-        self.counts["text_prompts"] += bool(text)
-        self.engine.set_standing("text", [Prompt.from_text(text)] if text else [])
-
-    def _push(self, prompt: Prompt, kind: str) -> None:
-        self.counts[kind] += 1
-        self.engine.push_prompt(prompt)
-
-    # ---------------------------------------------------------------- outputs
-
-    def _on_result(self, result: FrameResult) -> None:
-        header, bag_ns = self.frames.get(result.stamp, (None, round(result.stamp * 1e9)))
-        result.vocabulary = self.options.vocabulary_label
-        for error in result.errors:
-            self.warn(f"frame {result.stamp:.6f}: {error}")
-        self.counts["results"] += 1
-        self.counts["instances"] += len(result.instances)
-        f = self.factory
-        self._write("instances", instance_array_msg(f, result, header), bag_ns)
-        self._write("detections", detection2d_array_msg(f, result, header), bag_ns)
-        frame = self.engine.frame(result.stamp)
-        if frame is not None and frame.image is not None:
-            from ovsam_ros.overlay import draw_overlay
-
-            drawn = draw_overlay(frame.image, result.instances)
-            self._write("overlay", numpy_to_image(f, drawn, "rgb8", header), bag_ns)
-
-    def _write(self, output: str, msg: Any, bag_ns: int) -> None:
-        self.writer.write(self.out[output], bag_ns, self.factory.serialize(msg))
+        when = bag_ns if bag_ns is not None else round(stamp * 1e9)
+        self.writer.write(self.out[output], when, self.factory.serialize(msg))
 
 
 def _add_input_connection(writer: Writer, conn: Any, store: Any) -> Any:
@@ -343,24 +261,14 @@ def _replay(reader: Reader, writer: Writer, store: Any, roles: dict[str, str], p
     copies = {c.id: _add_input_connection(writer, c, store) for c in reader.connections}
     outs = {key: writer.add_connection(topic, msgtype, typestore=store)
             for key, (topic, msgtype) in OUTPUTS.items()}
-    replay = _Replay(processor, options, writer, outs)
-    if options.text.strip():
-        replay.set_text(options.text.strip())
-    if options.everything:
-        replay.engine.set_standing("everything", [Prompt.everything()])
+    replay = _Replay(processor, options, roles, writer, outs)
     for conn, bag_ns, data in tqdm(reader.messages(), total=reader.message_count, unit="msg", desc="replay",
                                    disable=not options.progress):
         replay.counts["messages"] += 1
         writer.write(copies[conn.id], bag_ns, data)
         role = by_topic.get(conn.topic)
-        if role is None:
-            continue
-        msg = store.deserialize_cdr(bytes(data), conn.msgtype)
-        if role == "image":
-            replay.image(msg, conn.topic, bag_ns)
-        else:
-            getattr(replay, role)(msg)
-        replay.engine.run_until_idle()
+        if role is not None:
+            replay.feed(role, store.deserialize_cdr(bytes(data), conn.msgtype), bag_ns)
     replay.engine.finish()
     return replay
 
@@ -368,21 +276,21 @@ def _replay(reader: Reader, writer: Writer, store: Any, roles: dict[str, str], p
 def _stats(replay: _Replay, src: Path, dst: Path, storage: str, roles: dict[str, str],
            seconds: float) -> dict:
     engine = replay.engine.stats()
-    counts = replay.counts
+    counts = replay.session.counts
     prompts = {key: counts[key] for key in ("point_prompts", "box_prompts", "clicks", "text_prompts")}
     return {
         "input": str(src),
         "output": str(dst),
         "storage": storage,
         "topics": roles,
-        "messages": counts["messages"],
+        "messages": replay.counts["messages"],
         "frames": counts["frames"],
         "bad_frames": counts["bad_frames"],
         "encodes": engine["frames_encoded"],
         "prompts": {**prompts, "skipped": counts["prompts_skipped"], "rejected": counts["prompts_rejected"]},
         "results": counts["results"],
         "instances": counts["instances"],
-        "warnings": counts["warnings"],
+        "warnings": replay.counts["warnings"],
         "first_warnings": replay.warnings,
         "timings": {"wall_s": round(seconds, 3), "encode": engine["encode_latency"],
                     "decode": engine["decode_latency"]},

@@ -240,17 +240,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_bag(args: argparse.Namespace) -> int:
     from ovsam_ros.bag import BagTopics, ReplayOptions, replay_bag, resolve_topics, topic_types
-    from ovsam_ros.engine import EngineConfig
+    from ovsam_ros.config import OvsamConfig, StreamConfig
 
     topics = BagTopics(image=args.image_topic, camera_info=args.camera_info_topic, points=args.points_topic,
                        boxes=args.boxes_topic, text=args.text_topic, clicked_point=args.clicked_point_topic)
     resolve_topics(topic_types(args.input), topics)  # a wrong topic fails before the model loads
     if Path(args.output).exists():
         raise CliError(f"output {args.output} already exists; remove it or choose another path")
-    processor, vocabulary = build_processor(args, needs_names=bool(args.text.strip()))
+    processor, _ = build_processor(args, needs_names=bool(args.text.strip()))
+    config = OvsamConfig(engine=StreamConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
     options = ReplayOptions(topics=topics, text=args.text, everything=args.everything, storage=args.storage,
-                            engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=args.encode_rate),
-                            vocabulary_label=vocabulary, progress=not args.quiet)
+                            config=config, progress=not args.quiet)
     stats = replay_bag(args.input, args.output, processor, options)
     if args.stats:
         Path(args.stats).parent.mkdir(parents=True, exist_ok=True)

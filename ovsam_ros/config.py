@@ -85,6 +85,9 @@ class ModelConfig(_Section):
                                  "(e.g. ViT-B-16); empty = no recognition for mobilesam")
     sam_variant: str = _param("vit_h", "SAM image encoder of the sam-clip preset",
                               choices=("vit_h", "vit_l", "vit_b"))
+    clip_weights: str = _param("", "CLIP weights naming masks for mobilesam / sam-clip: an open_clip "
+                                   "checkpoint of clip_model, or OpenAI's <clip_model>.pt; empty = the "
+                                   "weights folder's")
     random_init: bool = _param(False, "random weights, no files (tests and benchmarks only; never a "
                                       "fallback for missing weights)")
 
@@ -183,6 +186,14 @@ class NodeConfig(_Section):
                                    dynamic=True)
     publish_3d: bool = _param(True, "publish ~/detections_3d and ~/markers (needs use_depth)",
                               dynamic=True)
+    publish_cloud: bool = _param(True, "publish ~/points, the coloured cloud of each depth image that RViz "
+                                       "clicks on (needs use_depth; built only while someone subscribes)",
+                                 dynamic=True)
+    cloud_stride: int = _param(2, "every n-th depth pixel per row and column goes into ~/points",
+                               range=(1, 64), dynamic=True)
+    request_timeout_s: float = _param(30.0, "how long ~/segment and ~/set_vocabulary wait for the model "
+                                            "before answering that it is busy (s)",
+                                      range=(0.1, 3600.0), dynamic=True)
     diagnostics_rate_hz: float = _param(1.0, "diagnostics publishing rate; 0 = off",
                                         range=(0.0, 100.0))
     autostart: bool = _param(False, "configure and activate on start-up (for ros2 run without the "

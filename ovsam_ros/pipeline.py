@@ -13,6 +13,7 @@ the same way; this module is that one way. Five lines from an image to named mas
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,13 @@ def build_predictor(config: ModelConfig | None = None) -> Predictor:
     model = build_model(config.preset, weights_dir=Path(config.weights_dir).expanduser() if config.weights_dir
                         else None, random_init=config.random_init, device=device, dtype=dtype,
                         recognition=config.recognition, clip_model=config.clip_model or None,
-                        sam_variant=config.sam_variant)
+                        sam_variant=config.sam_variant,
+                        clip_weights=Path(config.clip_weights).expanduser() if config.clip_weights else None)
     return Predictor(model, device=device, dtype=dtype)
 
 
-def embed_vocabulary(predictor: Predictor, vocabulary: Vocabulary, progress: bool = True) -> torch.Tensor:
+def embed_vocabulary(predictor: Predictor, vocabulary: Vocabulary,
+                     progress: bool | Callable[[int, int], None] = True) -> torch.Tensor:
     """``[C, P, D]`` text embeddings of ``vocabulary`` by the model's own text tower, from the on-disk
     cache (built once per text tower, vocabulary and template set)."""
     text = predictor.model.text_tower
@@ -84,6 +87,40 @@ def embed_vocabulary(predictor: Predictor, vocabulary: Vocabulary, progress: boo
                                          progress=progress)
 
 
+QUERY_CACHE_ENTRIES = 32
+QUERY_CACHE_BYTES = 64 << 20
+"""Bounds of the text-query cache: resolved query sets hold only their phrases' embeddings (a few
+KB each), so these bound a stream of ever-new queries, not the vocabulary."""
+
+
+class QueryCache:
+    """Least-recently-used query sets by query text, bounded in entries and in bytes."""
+
+    def __init__(self, max_entries: int = QUERY_CACHE_ENTRIES, max_bytes: int = QUERY_CACHE_BYTES) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._sets: OrderedDict[str, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(q.nbytes for q in self._sets.values())
+
+    def get_or_build(self, text: str, build: Callable[[], Any]) -> Any:
+        if text in self._sets:
+            self._sets.move_to_end(text)
+            return self._sets[text]
+        query_set = build()
+        self._sets[text] = query_set
+        while len(self._sets) > 1 and (len(self._sets) > self.max_entries or self.nbytes > self.max_bytes):
+            self._sets.popitem(last=False)
+        return query_set
+
+    def clear(self) -> None:
+        self._sets.clear()
+
+
 class PromptProcessor:
     """Answers all four prompt kinds on a frame's cached features; the engine's
     :class:`~ovsam_ros.engine.FrameProcessor`.
@@ -91,7 +128,8 @@ class PromptProcessor:
     Points and boxes go through :class:`~ovsam_ros.engine.PredictorProcessor` (the predictor's batched
     ``predict_prompts``); text and everything through :mod:`ovsam_ros.queries` and
     :mod:`ovsam_ros.everything`, which share one set of everything-mode candidate masks per frame.
-    Instances come back in prompt order.
+    Instances come back in prompt order. Not thread-safe: one thread (the engine's worker) runs it,
+    vocabulary changes included.
     """
 
     def __init__(self, predictor: Predictor, everything: EverythingConfig | None = None,
@@ -104,7 +142,10 @@ class PromptProcessor:
         self._embeddings: torch.Tensor | None = None
         self._base_mask: torch.Tensor | None = None
         self._embed: Callable | None = None
-        self._query_sets: dict[str, Any] = {}
+        self._query_sets = QueryCache()
+        # the vocabulary + phrases of the query used last, kept between frames: at 21,843 classes it is
+        # a ~1 GB tensor, and a standing query uses the same one on every frame
+        self._extended: tuple[str, Any] | None = None
 
     @property
     def can_name(self) -> bool:
@@ -120,10 +161,14 @@ class PromptProcessor:
         self.vocabulary, self._embeddings, self._base_mask = vocabulary, embeddings, base_mask
         self._embed = embed_phrases
         self._query_sets.clear()
+        self._extended = None
 
-    def use_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "", progress: bool = True) -> None:
-        """Name with ``vocabulary`` (a name, a file or a :class:`Vocabulary`): cached text embeddings, the
-        checkpoint's base classes for an OVSAM ``preset``, and text-query phrases by the same tower."""
+    def prepare_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "",
+                           progress: bool | Callable[[int, int], None] = True) -> Callable[[], None]:
+        """The slow half of a vocabulary change, safe off the worker: load ``vocabulary`` (a name, a file
+        or a :class:`Vocabulary`), build or read its cached text embeddings and the checkpoint's base
+        classes for an OVSAM ``preset``. Returns the fast half, which switches to it; run that where
+        the model runs (the engine's worker), so a frame is named wholly by one vocabulary."""
         from ovsam_ros.queries import phrase_embedder
 
         vocabulary = load_vocabulary(vocabulary)
@@ -131,8 +176,12 @@ class PromptProcessor:
         checkpoint = checkpoint_classes(preset)
         base = None if checkpoint is None else torch.as_tensor(base_mask_for(vocabulary, checkpoint))
         text = self.predictor.model.text_tower
-        self.set_vocabulary(vocabulary, embeddings, base,
-                            phrase_embedder(text.model, text.tokenizer, self.predictor.device))
+        embed = phrase_embedder(text.model, text.tokenizer, self.predictor.device)
+        return lambda: self.set_vocabulary(vocabulary, embeddings, base, embed)
+
+    def use_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "", progress: bool = True) -> None:
+        """Name with ``vocabulary`` now (:meth:`prepare_vocabulary`, then the switch)."""
+        self.prepare_vocabulary(vocabulary, preset, progress)()
 
     def encode(self, image: np.ndarray) -> ImageFeatures:
         return self.predictor.encode(image)
@@ -164,7 +213,9 @@ class PromptProcessor:
             if candidates is None:
                 candidates = generate_candidates(self.predictor, features, self.everything)
             if query_set is not None:
-                out += find_text_instances(self.predictor, features, query_set, candidates=candidates,
+                extended = self._extended_for(prompt.text, query_set)
+                out += find_text_instances(self.predictor, features, query_set, self._embeddings,
+                                           self._base_mask, extended=extended, candidates=candidates,
                                            vocab_config=self.vocab_config)
             else:
                 namings = name_candidates(self.predictor, features, candidates, self.vocabulary,
@@ -178,10 +229,14 @@ class PromptProcessor:
         if self.vocabulary is None or self._embed is None:
             raise QueryError(f"text query {text!r} needs a recognizer with a vocabulary; this model only "
                              "segments (use an OVSAM preset, or a CLIP model for mobilesam / sam-clip)")
-        if text not in self._query_sets:
-            self._query_sets[text] = build_query_set(text, self.vocabulary, self._embeddings, self._embed,
-                                                     self._base_mask)
-        return self._query_sets[text]
+        vocabulary, embeddings, embed = self.vocabulary, self._embeddings, self._embed
+        return self._query_sets.get_or_build(
+            text, lambda: build_query_set(text, vocabulary, embeddings, embed))
+
+    def _extended_for(self, text: str, query_set: Any) -> Any:
+        if self._extended is None or self._extended[0] != text:
+            self._extended = (text, query_set.extended(self._embeddings, self._base_mask))
+        return self._extended[1]
 
 
 def build_processor(model: ModelConfig | None = None, vocab: VocabConfig | None = None,

@@ -99,18 +99,36 @@ class QuerySet:
     with :func:`build_query_set` and reuse it on every frame.
 
     ``query_class[q]`` is the class answering query ``q`` among ``names`` (the vocabulary followed
-    by the appended phrases); ``embeddings``/``base_mask`` are for ``names``, while
-    ``vocab_embeddings``/``vocab_base_mask`` are the vocabulary's own, restored after each use.
+    by the appended phrases). Only the appended phrases' embeddings are kept (``phrase_embeddings``,
+    ``[Q, P, D]``, None when every query is a vocabulary class), so a cache of many query sets costs
+    kilobytes, not a copy of the vocabulary each; :meth:`extended` builds the full set for a use.
     """
 
     queries: tuple[str, ...]
     vocabulary: Vocabulary
     names: Vocabulary
     query_class: torch.Tensor
-    embeddings: torch.Tensor
-    base_mask: torch.Tensor | None
-    vocab_embeddings: torch.Tensor
-    vocab_base_mask: torch.Tensor | None
+    phrase_embeddings: torch.Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        phrases = self.phrase_embeddings
+        return self.query_class.nbytes + (0 if phrases is None else phrases.nbytes)
+
+    def extended(self, vocab_embeddings: torch.Tensor,
+                 base_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[C + Q, P, D]`` embeddings of ``names`` and its base mask (appended phrases are novel: the
+        checkpoint was not trained on them); the vocabulary's own tensors when nothing is appended."""
+        phrases = self.phrase_embeddings
+        if phrases is None:
+            return vocab_embeddings, base_mask
+        count = max(vocab_embeddings.shape[1], phrases.shape[1])
+        embeddings = torch.cat([_pad_synonyms(vocab_embeddings, count),
+                                _pad_synonyms(phrases.to(vocab_embeddings), count)])
+        if base_mask is not None:
+            base_mask = torch.cat([base_mask.bool(),
+                                   torch.zeros(len(phrases), dtype=torch.bool, device=base_mask.device)])
+        return embeddings, base_mask
 
 
 def build_query_set(
@@ -118,13 +136,12 @@ def build_query_set(
     vocabulary: Vocabulary,
     vocab_embeddings: torch.Tensor,
     embed: PhraseEmbedder,
-    base_mask: torch.Tensor | None = None,
 ) -> QuerySet:
     """Resolve ``queries`` (a "red mug, screwdriver" string or a list of phrases) against the active
-    ``vocabulary`` with its ``[C, P, D]`` embeddings (and base mask, if the checkpoint has one).
+    ``vocabulary`` with its ``[C, P, D]`` embeddings.
 
     Phrases that are a synonym of a vocabulary class become that class; the others are embedded with
-    ``embed`` and appended as novel classes.
+    ``embed`` (checked against the vocabulary's dimension) to be appended as novel classes.
     """
     phrases = parse_queries(queries if isinstance(queries, str) else ", ".join(queries))
     if not phrases:
@@ -133,31 +150,23 @@ def build_query_set(
     if vocab_embeddings.dim() != 3 or vocab_embeddings.shape[0] != num_vocab:
         raise QueryError(f"vocabulary embeddings must be [{num_vocab}, P, D] for {vocabulary.label}, got "
                          f"{tuple(vocab_embeddings.shape)}")
-    if base_mask is not None and tuple(base_mask.shape) != (num_vocab,):
-        raise QueryError(f"base mask must be [{num_vocab}] bool, got {tuple(base_mask.shape)}")
     lookup: dict[str, int] = {}
     for index, synonyms in enumerate(vocabulary.classes):
         for synonym in synonyms:
             lookup.setdefault(normalise_name(synonym), index)
     known = {q: lookup[normalise_name(q)] for q in phrases if normalise_name(q) in lookup}
     new = [q for q in phrases if q not in known]
-    embeddings, mask, names = vocab_embeddings, base_mask, vocabulary
+    query_emb, names = None, vocabulary
     if new:
         new_vocab = Vocabulary.from_names(new, name="queries")
         query_emb = embed(new_vocab)
-        dim = embeddings.shape[2]
+        dim = vocab_embeddings.shape[2]
         if query_emb.dim() != 3 or query_emb.shape[0] != len(new) or query_emb.shape[2] != dim:
             raise QueryError(f"phrase embeddings must be [{len(new)}, P, {dim}] (the vocabulary's text "
                              f"tower), got {tuple(query_emb.shape)}")
-        count = max(embeddings.shape[1], query_emb.shape[1])
-        embeddings = torch.cat([_pad_synonyms(embeddings, count),
-                                _pad_synonyms(query_emb.to(embeddings), count)])
-        if mask is not None:
-            mask = torch.cat([mask.bool(), torch.zeros(len(new), dtype=torch.bool, device=mask.device)])
         names = Vocabulary(f"{vocabulary.name}+queries", vocabulary.classes + new_vocab.classes)
     query_class = torch.tensor([known[q] if q in known else num_vocab + new.index(q) for q in phrases])
-    return QuerySet(tuple(phrases), vocabulary, names, query_class, embeddings, mask, vocab_embeddings,
-                    base_mask)
+    return QuerySet(tuple(phrases), vocabulary, names, query_class, query_emb)
 
 
 @dataclass(frozen=True)
@@ -187,19 +196,23 @@ def match_queries(probs: torch.Tensor, query_class: torch.Tensor, text_threshold
 
 
 @contextmanager
-def _query_vocabulary(predictor: Any, query_set: QuerySet) -> Iterator[None]:
-    """The recognizer names with the vocabulary plus the phrases inside the block, and with the
-    vocabulary alone again after it (also on error). Call it on the thread that runs the predictor."""
+def _query_vocabulary(predictor: Any, extended: tuple[torch.Tensor, torch.Tensor | None],
+                      restore: tuple[torch.Tensor, torch.Tensor | None]) -> Iterator[None]:
+    """The recognizer names with the ``extended`` (vocabulary + phrases) embeddings inside the block,
+    and with ``restore`` (the vocabulary's) again after it, also on error. Call it on the thread that
+    runs the predictor."""
     recognizer = predictor.model.recognizer
     device = predictor.device
-    recognizer.set_text_embeddings(query_set.embeddings.to(device),
-                                   None if query_set.base_mask is None else query_set.base_mask.to(device))
+
+    def use(embeddings: torch.Tensor, base_mask: torch.Tensor | None) -> None:
+        mask = None if base_mask is None else base_mask.to(device)
+        recognizer.set_text_embeddings(embeddings.to(device), mask)
+
+    use(*extended)
     try:
         yield
     finally:
-        recognizer.set_text_embeddings(
-            query_set.vocab_embeddings.to(device),
-            None if query_set.vocab_base_mask is None else query_set.vocab_base_mask.to(device))
+        use(*restore)
 
 
 def _check_recognition(predictor: Any, query_set: QuerySet) -> None:
@@ -233,7 +246,10 @@ def find_text_instances(
     predictor: Any,
     features: ImageFeatures,
     query_set: QuerySet,
+    vocab_embeddings: torch.Tensor,
+    base_mask: torch.Tensor | None = None,
     *,
+    extended: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     candidates: Candidates | None = None,
     boxes: np.ndarray | None = None,
     config: EverythingConfig | None = None,
@@ -243,19 +259,29 @@ def find_text_instances(
     the query phrase, ``score`` its probability, ``class_index`` its vocabulary index (-1 for an
     appended phrase), ``top_k`` over vocabulary + phrases. Ordered by query, then by score.
 
+    ``vocab_embeddings`` and ``base_mask`` are the active vocabulary's (the recognizer's own, restored
+    afterwards); ``extended`` is ``query_set.extended(...)`` of them when the caller keeps it between
+    frames (at 21,843 classes it is a ~1 GB tensor: built once, not per frame).
+
     Candidates: ``candidates`` when given (e.g. everything mode already ran on this frame), else the
     masks of ``boxes`` (``[N, 4]`` detector boxes, original pixels), else everything mode with
     ``config``. ``vocab_config`` gives ``text_threshold`` and ``top_k``.
     """
     _check_recognition(predictor, query_set)
     vocab_config = VocabConfig() if vocab_config is None else vocab_config
+    if base_mask is not None and tuple(base_mask.shape) != (len(query_set.vocabulary),):
+        raise QueryError(f"base mask must be [{len(query_set.vocabulary)}] bool, "
+                         f"got {tuple(base_mask.shape)}")
+    if extended is None:
+        extended = query_set.extended(vocab_embeddings, base_mask)
+    restore = (vocab_embeddings, base_mask)
     if candidates is None and boxes is not None:
-        with _query_vocabulary(predictor, query_set):
+        with _query_vocabulary(predictor, extended, restore):
             candidates, probs = _box_candidates(predictor, features, boxes)
     else:
         if candidates is None:
             candidates = generate_candidates(predictor, features, config)
-        with _query_vocabulary(predictor, query_set):
+        with _query_vocabulary(predictor, extended, restore):
             probs = predictor.recognize_masks(features, candidates.low_res_logits)
     matches = match_queries(probs, query_set.query_class, vocab_config.text_threshold)
     order = np.lexsort((-matches.score.cpu().numpy(), matches.query.cpu().numpy()))

@@ -121,8 +121,9 @@ def _read_all(path: Path) -> dict[str, list[tuple[int, object]]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_replay_answers_prompts_on_their_frames(tmp_path, gt, processor, storage):
-    """4 frames, a click on frame 0 and detector boxes on frame 2: two encodes, stamps of the source
-    frames, masks that match the ground truth, every input message copied."""
+    """4 frames, a click on frame 0 and detector boxes on frame 2: the click answered on frame 0, the
+    boxes on frame 2 and, standing as on the node, on frame 3; stamps of the source frames, masks
+    that match the ground truth, every input message copied."""
     b = BagBuilder()
     names = ["3.jpeg", "1.jpeg", "2.jpeg", "1.jpeg"]
     stamps = [T0 + 0.1 * k for k in range(4)]
@@ -140,7 +141,7 @@ def test_replay_answers_prompts_on_their_frames(tmp_path, gt, processor, storage
 
     assert bag_storage(out) == storage
     assert stats["frames"] == 4 and stats["bad_frames"] == 0
-    assert stats["encodes"] == 2  # exactly the two prompted frames
+    assert stats["encodes"] == 3  # frame 1 was never prompted
     assert stats["prompts"]["point_prompts"] == 1 and stats["prompts"]["box_prompts"] == 2
     assert stats["topics"] == {"image": IMAGE, "points": POINTS, "boxes": BOXES}
     assert stats["warnings"] == 0
@@ -149,9 +150,10 @@ def test_replay_answers_prompts_on_their_frames(tmp_path, gt, processor, storage
     for topic, messages in original.items():  # all input messages, unchanged
         assert [ns for ns, _ in written[topic]] == [ns for ns, _ in messages]
     arrays = written["/ovsam/instances"]
-    assert [stamp_seconds(m.header.stamp) for _, m in arrays] == [stamps[0], stamps[2]]
-    assert [ns for ns, _ in arrays] == [ns for ns, _ in original[IMAGE][0:3:2]]  # the source frames' bag time
-    for (_, arr), src_msg in zip(arrays, sent[0:3:2], strict=True):
+    assert [stamp_seconds(m.header.stamp) for _, m in arrays] == [stamps[0], stamps[2], stamps[3]]
+    prompted = [0, 2, 3]  # at the source frames' bag times:
+    assert [ns for ns, _ in arrays] == [original[IMAGE][k][0] for k in prompted]
+    for (_, arr), src_msg in zip(arrays, [sent[k] for k in prompted], strict=True):
         assert arr.header.stamp.sec == src_msg.header.stamp.sec
         assert arr.header.stamp.nanosec == src_msg.header.stamp.nanosec
         assert arr.header.frame_id == "camera"
@@ -163,9 +165,10 @@ def test_replay_answers_prompts_on_their_frames(tmp_path, gt, processor, storage
     assert [i.prompt_id for i in boxes] == ["det_0", "det_1"]
     for inst, (_, mask) in zip(boxes, gt["2.jpeg"][1], strict=True):
         assert _iou(inst.mask, mask) >= 0.9
-    assert [len(d.detections) for _, d in written["/ovsam/detections"]] == [1, 2]
+    assert [i.prompt_id for i in results[2].instances] == ["det_0", "det_1"]  # standing on frame 3
+    assert [len(d.detections) for _, d in written["/ovsam/detections"]] == [1, 2, 2]
     overlays = written["/ovsam/overlay"]
-    assert len(overlays) == 2
+    assert len(overlays) == 3
     drawn = image_to_numpy(overlays[1][1])
     assert drawn.shape == gt["2.jpeg"][0].shape and not np.array_equal(drawn, gt["2.jpeg"][0])
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_shipped_yaml_lists_every_parameter_with_its_default():
     doc = yaml.safe_load((ROOT / "config" / "ovsam.yaml").read_text())
-    block = doc["ovsam_node"]["ros__parameters"]
+    block = doc["/**"]["ros__parameters"]  # applies to the node under any namespace
     listed = {f"{section}.{name}" for section, fields in block.items() for name in fields}
     assert listed == {spec.name for spec in parameter_specs()}
     assert load_config(ROOT / "config" / "ovsam.yaml") == OvsamConfig()

@@ -510,3 +510,75 @@ def test_real_mobile_sam_through_the_engine(mobile_sam_path, bear):
     print(f"mask IoU per box prompt: {ious}; encode {s['encode_latency']}; decode {s['decode_latency']}")
     assert len(ious) == sum(len(photos[k][2]) for k in prompted)
     assert min(ious.values()) >= 0.85, ious
+
+
+# ---- work from other threads: tasks and synchronous requests ---------------------------------------
+
+def test_tasks_run_on_the_worker_between_steps_in_order():
+    gate = threading.Event()
+    processor = StampProcessor(gate=gate)
+    sink = Sink()
+    engine = Engine(processor, EngineConfig(encode_mode="continuous", max_encode_rate_hz=0.0),
+                    on_result=sink.on_result)
+    engine.start()
+    try:
+        engine.set_standing("text", [Prompt.from_text("mug")])
+        engine.push_frame(image(1), stamp(1))
+        assert processor.entered.wait(5)  # the worker is inside an encode
+        ran: list[tuple[str, str]] = []
+        first = engine.submit(lambda: ran.append(("a", threading.current_thread().name)) or "a")
+        second = engine.submit(lambda: 1 / 0)
+        third = engine.submit(lambda: ran.append(("c", threading.current_thread().name)) or "c")
+        assert not first.done()  # not in the middle of a frame
+        gate.set()
+        assert first.result(5) == "a" and third.result(5) == "c"
+        with pytest.raises(ZeroDivisionError):
+            second.result(5)
+        assert ran == [("a", "ovsam-engine"), ("c", "ovsam-engine")]
+        assert sink.wait(lambda s: s.results)  # the frame was answered wholly before the tasks ran
+    finally:
+        gate.set()
+        engine.stop()
+    late = engine.submit(lambda: "never")
+    with pytest.raises(EngineStateError, match="stopped"):
+        late.result(1)
+
+
+def test_request_encodes_a_given_image_once_and_caches_it():
+    processor = StampProcessor()
+    sink = Sink()
+    engine = Engine(processor, EngineConfig(encode_mode="on_demand"), on_result=sink.on_result)
+    engine.start()
+    try:
+        result = engine.request([Prompt.from_box([0, 0, 2, 2], id="b")], image(7), stamp(7), "cam").result(5)
+        assert (result.stamp, result.frame_id) == (stamp(7), "cam")
+        assert [(i.prompt_id, i.label) for i in result.instances] == [("b", "frame7")]
+        again = engine.request([Prompt.point([(1, 1)], id="p")], image(7), stamp(7), "cam").result(5)
+        assert [i.label for i in again.instances] == ["frame7"]
+        assert processor.encoded == [7] and engine.frame(stamp(7)) is not None  # encoded once, cached
+        assert sink.results == []  # answers go to the caller, not to on_result
+        engine.push_frame(image(8), stamp(8))
+        newest = engine.request([Prompt.point([(1, 1)], id="n")]).result(5)
+        assert newest.stamp == stamp(8) and processor.encoded == [7, 8]
+        with pytest.raises(EngineError, match="stamp must be"):
+            engine.request([Prompt.point([(1, 1)])], image(9), 0.0)
+    finally:
+        engine.stop()
+
+
+def test_request_without_a_frame_fails_clearly():
+    engine = Engine(StampProcessor(), EngineConfig(encode_mode="on_demand"), replay=True)
+    future = engine.request([Prompt.point([(1, 1)], id="p")])
+    engine.run_until_idle()
+    with pytest.raises(EngineError, match="no frame received yet"):
+        future.result(1)
+
+
+def test_stamped_standing_prompts_stand_only_for_newer_frames():
+    """Detector boxes stand for the frames after the one they were found on (answered once there)."""
+    processor = StampProcessor()
+    engine, _ = replay_engine(processor, encode_mode="continuous", max_encode_rate_hz=0.0)
+    feed(engine, range(0, 2))
+    engine.set_standing("boxes", [Prompt.from_box([0, 0, 2, 2], id="det", stamp=stamp(2), standing=True)])
+    feed(engine, range(2, 4))
+    assert [(v, ids) for v, ids in processor.batches] == [(3, ["det"])]

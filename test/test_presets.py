@@ -65,6 +65,23 @@ def test_missing_weights_raise_instead_of_random_init(tmp_path):
         build_model("sam-clip", weights_dir=tmp_path, offline=True, sam_variant="vit_b")
 
 
+def test_clip_weights_file_names_masks_for_mobilesam(mobile_sam_path, tmp_path):
+    """``clip_weights`` takes any open_clip checkpoint (here ViT-S-32 with random weights, written by
+    open_clip itself) beside the real MobileSAM from the weights folder."""
+    import open_clip
+
+    clip = open_clip.create_model("ViT-S-32", pretrained=None)
+    path = tmp_path / "vit_s_32.pt"
+    torch.save(clip.state_dict(), path)
+    model = build_model("mobilesam", weights_dir=mobile_sam_path.parent, offline=True, clip_model="ViT-S-32",
+                        clip_weights=path)
+    assert model.recognizer is not None and model.text_tower is not None
+    key = "token_embedding.weight"
+    assert torch.equal(model.text_tower.model.state_dict()[key], clip.state_dict()[key])
+    with pytest.raises(PresetError, match="clip_weights is for mobilesam and sam-clip"):
+        build_model("ovsam-lvis", weights_dir=tmp_path, clip_weights=path)
+
+
 def test_option_checks(mobile_sam_path, tmp_path):
     with pytest.raises(PresetError, match="not both"):
         build_model("mobilesam", files={"sam": mobile_sam_path}, random_init=True)

@@ -76,24 +76,35 @@ def test_query_set_appends_new_phrases_and_reuses_vocabulary_classes() -> None:
     vocab_emb = _unit(3, 2, 8)
     phrase = _unit(1, 1, 8, seed=1)
     base = torch.tensor([True, False, True])
-    qs = build_query_set("Coffee  Cup, red mug, pliers", vocab, vocab_emb, _fixed(phrase), base)
+    qs = build_query_set("Coffee  Cup, red mug, pliers", vocab, vocab_emb, _fixed(phrase))
     assert qs.queries == ("Coffee Cup", "red mug", "pliers")
     assert qs.query_class.tolist() == [0, 3, 2]  # synonym of class 0; appended; class 2
     assert qs.names.display_names == ["mug", "screwdriver", "pliers", "red mug"]
-    assert qs.embeddings.shape == (4, 2, 8)
-    assert torch.equal(qs.embeddings[:3], vocab_emb)
-    assert torch.equal(qs.embeddings[3], phrase[0].expand(2, 8))  # padded by repeating its first synonym
-    assert qs.base_mask.tolist() == [True, False, True, False]  # the appended phrase is novel
-    assert qs.vocab_embeddings is vocab_emb and qs.vocab_base_mask is base
+    assert qs.phrase_embeddings is phrase  # only the appended phrase is kept, not the vocabulary
+    assert qs.nbytes == phrase.nbytes + qs.query_class.nbytes
+    embeddings, mask = qs.extended(vocab_emb, base)
+    assert embeddings.shape == (4, 2, 8)
+    assert torch.equal(embeddings[:3], vocab_emb)
+    assert torch.equal(embeddings[3], phrase[0].expand(2, 8))  # padded by repeating its first synonym
+    assert mask.tolist() == [True, False, True, False]  # the appended phrase is novel
+
+
+def test_query_set_of_vocabulary_classes_only_uses_the_vocabulary_tensors() -> None:
+    vocab = Vocabulary.from_names(["mug, coffee cup", "screwdriver"])
+    vocab_emb, base = _unit(2, 2, 8), torch.tensor([True, False])
+    qs = build_query_set("coffee cup", vocab, vocab_emb, _fixed(_unit(1, 1, 8)))
+    assert qs.phrase_embeddings is None and qs.names is vocab
+    embeddings, mask = qs.extended(vocab_emb, base)
+    assert embeddings is vocab_emb and mask is base
 
 
 def test_query_set_fits_the_ovsam_recognizer() -> None:
     """The extended embeddings and base mask are accepted by the released model's recognizer."""
     recognizer = OVSAMRecognizer(AttentionPool2d(12, 3072, 48, 768), roi_size=7)
     vocab = Vocabulary.from_names(["mug", "pliers"])
-    qs = build_query_set("red mug", vocab, _unit(2, 1, 768), _fixed(_unit(1, 1, 768)),
-                         torch.tensor([True, False]))
-    recognizer.set_text_embeddings(qs.embeddings, qs.base_mask)
+    vocab_emb = _unit(2, 1, 768)
+    qs = build_query_set("red mug", vocab, vocab_emb, _fixed(_unit(1, 1, 768)))
+    recognizer.set_text_embeddings(*qs.extended(vocab_emb, torch.tensor([True, False])))
     assert recognizer.num_classes == 3 and recognizer.base_mask.tolist() == [True, False, False]
 
 
@@ -102,9 +113,10 @@ def test_query_set_pads_the_vocabulary_when_a_phrase_has_more_synonyms() -> None
     vocab_emb = _unit(2, 1, 8)
     phrase = _unit(1, 2, 8, seed=2)
     qs = build_query_set(["screwdriver/driver"], vocab, vocab_emb, _fixed(phrase))
-    assert qs.embeddings.shape == (3, 2, 8)
-    assert torch.equal(qs.embeddings[:2, 1], vocab_emb[:, 0])
-    assert qs.base_mask is None
+    embeddings, mask = qs.extended(vocab_emb)
+    assert embeddings.shape == (3, 2, 8)
+    assert torch.equal(embeddings[:2, 1], vocab_emb[:, 0])
+    assert mask is None
 
 
 @pytest.mark.slow
@@ -116,20 +128,19 @@ def test_query_set_embeds_phrases_like_the_vocabulary() -> None:
     vocab_emb = embed_vocabulary(vocab, model, tokenizer, "cpu", progress=False)
     qs = build_query_set("red mug", vocab, vocab_emb, phrase_embedder(model, tokenizer, "cpu"))
     direct = embed_vocabulary(Vocabulary.from_names(["red mug"]), model, tokenizer, "cpu", progress=False)
-    assert torch.equal(qs.embeddings[2:], direct)
+    assert torch.equal(qs.phrase_embeddings, direct)
 
 
-@pytest.mark.parametrize("queries, vocab_shape, phrase_shape, base, match", [
-    ("", (2, 1, 8), (1, 1, 8), None, "no text query"),
-    ("red mug", (3, 1, 8), (1, 1, 8), None, r"\[2, P, D\]"),
-    ("red mug", (2, 1, 8), (1, 1, 4), None, "text tower"),
-    ("red mug, fork", (2, 1, 8), (1, 1, 8), None, r"\[2, P, 8\]"),
-    ("red mug", (2, 1, 8), (1, 1, 8), torch.tensor([True]), "base mask"),
+@pytest.mark.parametrize("queries, vocab_shape, phrase_shape, match", [
+    ("", (2, 1, 8), (1, 1, 8), "no text query"),
+    ("red mug", (3, 1, 8), (1, 1, 8), r"\[2, P, D\]"),
+    ("red mug", (2, 1, 8), (1, 1, 4), "text tower"),
+    ("red mug, fork", (2, 1, 8), (1, 1, 8), r"\[2, P, 8\]"),
 ])
-def test_query_set_errors(queries, vocab_shape, phrase_shape, base, match) -> None:
+def test_query_set_errors(queries, vocab_shape, phrase_shape, match) -> None:
     vocab = Vocabulary.from_names(["mug", "pliers"])
     with pytest.raises(QueryError, match=match):
-        build_query_set(queries, vocab, _unit(*vocab_shape), _fixed(_unit(*phrase_shape)), base)
+        build_query_set(queries, vocab, _unit(*vocab_shape), _fixed(_unit(*phrase_shape)))
 
 
 # ---- matching ------------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def test_text_queries_need_a_recognizer() -> None:
     qs = build_query_set("red mug", vocab, _unit(1, 1, 8), _fixed(_unit(1, 1, 8)))
     features = ImageFeatures(torch.zeros(1, 256, 64, 64), input_size=(64, 64), original_size=(64, 64))
     with pytest.raises(QueryError, match="need a recognizer"):
-        find_text_instances(predictor, features, qs)
+        find_text_instances(predictor, features, qs, _unit(1, 1, 8))
 
 
 # ---- the whole path on a real photo ------------------------------------------------------------
@@ -204,7 +215,7 @@ def test_only_the_constructed_candidate_answers(scene) -> None:
     vocab, emb = _vocabulary_of(regions, skip=[target])
     predictor.set_vocabulary(vocab.display_names, emb)
     qs = build_query_set("red mug", vocab, emb, _fixed(regions[target][None, None]))
-    found = find_text_instances(predictor, features, qs, candidates=candidates,
+    found = find_text_instances(predictor, features, qs, emb, candidates=candidates,
                                 vocab_config=VocabConfig(text_threshold=0.0, top_k=3))
     assert len(found) == 1
     inst = found[0]
@@ -216,8 +227,8 @@ def test_only_the_constructed_candidate_answers(scene) -> None:
     # the recognizer names with the vocabulary alone again afterwards
     assert predictor.model.recognizer.num_classes == len(vocab)
     above = VocabConfig(text_threshold=min(1.0, inst.score + 1e-6))
-    assert find_text_instances(predictor, features, qs, candidates=candidates, vocab_config=above) == []
-    assert find_text_instances(predictor, features, qs, candidates=candidates.subset([])) == []
+    assert find_text_instances(predictor, features, qs, emb, candidates=candidates, vocab_config=above) == []
+    assert find_text_instances(predictor, features, qs, emb, candidates=candidates.subset([])) == []
 
 
 @pytest.mark.slow
@@ -227,7 +238,7 @@ def test_two_queries_and_a_vocabulary_class(scene) -> None:
     predictor.set_vocabulary(vocab.display_names, emb)
     phrases = torch.stack([regions[2], regions[0]])[:, None]
     qs = build_query_set("screwdriver, red mug, C3", vocab, emb, _fixed(phrases))
-    found = find_text_instances(predictor, features, qs, candidates=candidates,
+    found = find_text_instances(predictor, features, qs, emb, candidates=candidates,
                                 vocab_config=VocabConfig(text_threshold=0.0))
     masks = candidates.masks()
     got = {(inst.label, inst.class_index): inst for inst in found}
@@ -251,7 +262,7 @@ def test_detector_boxes_as_candidates(scene, bear) -> None:
     vocab, emb = _vocabulary_of(regions, skip=[1])
     predictor.set_vocabulary(vocab.display_names, emb)
     qs = build_query_set("toy robot", vocab, emb, _fixed(regions[1][None, None]))
-    found = find_text_instances(predictor, features, qs, boxes=boxes,
+    found = find_text_instances(predictor, features, qs, emb, boxes=boxes,
                                 vocab_config=VocabConfig(text_threshold=0.0))
     assert [inst.label for inst in found] == ["toy robot"]
     assert np.array_equal(found[0].mask, pred.masks[1, 0].numpy())
@@ -264,4 +275,7 @@ def test_predictor_vocabulary_must_match(scene) -> None:
     predictor.set_vocabulary(vocab.display_names[:-1], emb[:-1])
     qs = build_query_set("red mug", vocab, emb, _fixed(regions[:1, None]))
     with pytest.raises(QueryError, match="rebuild the query set"):
-        find_text_instances(predictor, features, qs, candidates=candidates)
+        find_text_instances(predictor, features, qs, emb, candidates=candidates)
+    predictor.set_vocabulary(vocab.display_names, emb)
+    with pytest.raises(QueryError, match="base mask"):
+        find_text_instances(predictor, features, qs, emb, torch.tensor([True]), candidates=candidates)

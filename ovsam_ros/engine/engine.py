@@ -7,6 +7,12 @@ one worker thread matches prompts to frames by stamp (``matching``), decides wha
 batch through ``on_result``, always with the source frame's stamp and frame id. Rejections and
 failures go to ``on_error(message, prompt)``, the message starting with a :class:`RejectReason` value.
 
+The worker is the only thread that touches the model. Work from other threads reaches it as a
+task: ``submit(fn)`` runs ``fn`` between two steps (a vocabulary swap then names a frame wholly with
+the old vocabulary or wholly with the new one), and ``request(prompts, image=...)`` answers a
+synchronous request (the node's ``~/segment``) on a cached frame, encoding and caching it first if
+needed; both return a :class:`concurrent.futures.Future`.
+
 Offline replay drives the very same step function synchronously: ``Engine(..., replay=True)``,
 then ``push_*`` and ``run_until_idle()`` in stamp order, ``finish()`` at the end. There, time is the
 stream's (the newest frame stamp), so results do not depend on wall-clock speed.
@@ -19,8 +25,10 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +43,7 @@ from ovsam_ros.results import FrameResult, Instance
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ResultCallback = Callable[[FrameResult], None]
 ErrorCallback = Callable[[str, "Prompt | None"], None]
 
@@ -74,6 +83,13 @@ def _check_stamp(stamp: object, what: str, allow_zero: bool) -> float:
     return float(stamp)  # type: ignore[arg-type]
 
 
+def _check_image(image: object) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or 0 in image.shape[:2]:
+        shape = getattr(image, "shape", None)
+        raise EngineError(f"image must be a non-empty HxW or HxWxC numpy array, got "
+                          f"{type(image).__name__} with shape {shape}")
+
+
 def _check_prompt(prompt: object) -> Prompt:
     if not isinstance(prompt, Prompt):
         raise EngineError(f"expected an ovsam_ros.prompts.Prompt, got {type(prompt).__name__}")
@@ -109,6 +125,7 @@ class Engine:
         self._pending: deque[_Pending] = deque()
         self._standing: dict[str, tuple[Prompt, ...]] = {}
         self._reports: deque[tuple[str, Prompt | None]] = deque(maxlen=self.config.prompt_queue_size)
+        self._tasks: deque[tuple[Callable[[], Any], Future]] = deque()
         self._version = 0
         self._idle_version = -1
         self._stream_now = 0.0
@@ -120,10 +137,7 @@ class Engine:
 
     def push_frame(self, image: np.ndarray, stamp: float, frame_id: str = "") -> None:
         """Hand over a received image (kept by reference: do not modify it afterwards)."""
-        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or 0 in image.shape[:2]:
-            shape = getattr(image, "shape", None)
-            raise EngineError(f"image must be a non-empty HxW or HxWxC numpy array, got "
-                              f"{type(image).__name__} with shape {shape}")
+        _check_image(image)
         frame = RawFrame(_check_stamp(stamp, "frame", allow_zero=False), str(frame_id), image)
         with self._cond:
             self._stats.count("frames_received")
@@ -149,7 +163,8 @@ class Engine:
             self._touch_locked()
 
     def set_standing(self, key: str, prompts: Iterable[Prompt]) -> None:
-        """Apply ``prompts`` to every newly encoded frame until replaced or cleared (empty clears)."""
+        """Apply ``prompts`` to every newly encoded frame until replaced or cleared (empty clears); a
+        prompt with a stamp only to frames newer than it (beyond the slop)."""
         if not isinstance(key, str) or not key:
             raise EngineError(f"standing key must be a non-empty string, got {key!r}")
         group = tuple(_check_prompt(p) for p in prompts)
@@ -182,6 +197,32 @@ class Engine:
             self.config = config
             self._policy = EncodePolicy(config.encode_mode, config.max_encode_rate_hz)
             self._touch_locked()
+
+    def submit(self, task: Callable[[], T]) -> Future[T]:
+        """Run ``task`` on the worker between two steps (replay: in ``run_until_idle``); its return
+        value or exception lands in the future. Tasks run in submission order."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._stopping and not self.replay:
+                future.set_exception(EngineStateError("the engine is stopped"))
+                return future
+            self._tasks.append((task, future))
+            self._touch_locked()
+        return future
+
+    def request(self, prompts: Sequence[Prompt], image: np.ndarray | None = None, stamp: float = 0.0,
+                frame_id: str = "") -> Future[FrameResult]:
+        """Answer ``prompts`` now, on the worker, and return the result in a future (it is not passed to
+        ``on_result``). With ``image``: that image, keyed by ``stamp`` (> 0), encoded once and cached
+        like a streamed frame. Without: the frame ``stamp`` names (0 = the newest), encoded first when
+        it is not yet (which also answers the standing prompts on it, as for any new frame)."""
+        prompts = [_check_prompt(p) for p in prompts]
+        if image is not None:
+            _check_image(image)
+            _check_stamp(stamp, "request", allow_zero=False)
+        else:
+            _check_stamp(stamp, "request", allow_zero=True)
+        return self.submit(lambda: self._answer_request(prompts, image, float(stamp), str(frame_id)))
 
     # ----------------------------------------------------------------------------- queries
 
@@ -270,8 +311,12 @@ class Engine:
         with self._cond:
             while self._pending:
                 self._reject_locked(self._pending.popleft().prompt, RejectReason.STOPPED, "engine stopped")
+            tasks = list(self._tasks)
+            self._tasks.clear()
             reports = self._drain_reports_locked()
             self._cond.notify_all()
+        for _, future in tasks:
+            future.set_exception(EngineStateError("the engine stopped before running this request"))
         self._report(reports)
 
     # ----------------------------------------------------------------------------- offline replay
@@ -304,6 +349,11 @@ class Engine:
         """Do one unit of work: answer one cached frame's prompts, or encode one frame and answer its
         prompts with the standing ones. Returns (whether anything happened, seconds until a timer
         may make work: a waiting prompt expiring or the rate cap allowing the next encode)."""
+        with self._cond:
+            task = self._tasks.popleft() if self._tasks else None
+        if task is not None:
+            self._run_task(*task)
+            return True, None
         with self._cond:
             now = self._now()
             groups, wait_s = self._resolve_locked(now, flush)
@@ -376,7 +426,50 @@ class Engine:
         ids = {id(p) for p in taken}
         self._pending = deque(p for p in self._pending if id(p) not in ids)
 
-    def _encode_and_answer(self, job: _Job, flush: bool) -> None:
+    def _run_task(self, task: Callable[[], Any], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(task())
+        except BaseException as exc:  # the caller gets it; the worker goes on
+            future.set_exception(exc)
+
+    def _answer_request(self, prompts: list[Prompt], image: np.ndarray | None, stamp: float,
+                        frame_id: str) -> FrameResult:
+        """The body of :meth:`request`, on the worker."""
+        with self._cond:
+            if image is not None:
+                frame, raw = self._cache.get(stamp), RawFrame(stamp, frame_id, image)
+            else:
+                frame, raw = self._frame_for_request_locked(stamp)
+        if frame is None:
+            assert raw is not None
+            frame = self._encode_and_answer(_Job(raw=raw), flush=False)
+            if frame is None:
+                raise EngineError(f"encoding frame {raw.frame_id!r} at {raw.stamp:.6f} failed (see the log)")
+        else:
+            self._stats.count("cache_hits", len(prompts))
+        start = time.perf_counter()
+        instances = list(self._processor.answer(frame.features, prompts))
+        self._stats.decode_took(time.perf_counter() - start)
+        return FrameResult(stamp=frame.stamp, frame_id=frame.frame_id, image_size=frame.original_size,
+                           instances=instances)
+
+    def _frame_for_request_locked(self, stamp: float) -> tuple[EncodedFrame | None, RawFrame | None]:
+        """The cached frame a request names, or the raw one to encode (taken out of the raw buffer)."""
+        match = match_stamp(stamp, self._cache.stamps(), self._raw.stamps(), slop=self.config.sync_slop_s,
+                            max_age=self.config.max_prompt_age_s, wait_expired=True)
+        if match.action is not MatchAction.USE:
+            newest = max([*self._cache.stamps()[-1:], *self._raw.stamps()[-1:]], default=None)
+            detail = "no frame received yet" if newest is None else f"newest frame {newest:.6f}"
+            raise EngineError(f"no frame for a request at stamp {stamp:.6f} ({detail})")
+        assert match.stamp is not None
+        if match.encoded:
+            return self._cache.get(match.stamp), None
+        return None, self._raw.pop(match.stamp)
+
+    def _encode_and_answer(self, job: _Job, flush: bool) -> EncodedFrame | None:
+        """Encode ``job.raw``, cache it and answer its prompts; the frame, or None if encoding failed."""
         raw = job.raw
         assert raw is not None
         start = time.perf_counter()
@@ -393,7 +486,7 @@ class Engine:
                     self._reports.append((f"{RejectReason.FAILED.value}: {message}", None))
                 reports = self._drain_reports_locked()
             self._report(reports)
-            return
+            return None
         self._stats.encode_took(time.perf_counter() - start)
         self._stats.count("frames_encoded")
         image = raw.image if self.config.keep_images else None
@@ -404,10 +497,13 @@ class Engine:
             arrived = groups.get(frame.stamp, [])  # matched this frame while it was being encoded
             self._remove_pending_locked(arrived)
             one_off = job.prompts + arrived
-            standing = [p for group in self._standing.values() for p in group]
+            # a standing prompt with a stamp (detector boxes) stands for the frames after its own
+            newer = frame.stamp - self.config.sync_slop_s
+            standing = [p for group in self._standing.values() for p in group if p.stamp < newer]
             reports = self._drain_reports_locked()
         self._report(reports)
         self._answer_and_deliver(frame, [p.prompt for p in one_off], standing)
+        return frame
 
     def _answer_and_deliver(self, frame: EncodedFrame, one_off: list[Prompt], standing: list[Prompt]) -> None:
         """Answer all prompts on one frame in one batch; a failing batch is retried prompt by prompt so

@@ -122,6 +122,7 @@ def build_model(
     clip_model: str | None = None,
     sam_variant: str = "vit_h",
     offline: bool | None = None,
+    clip_weights: Path | None = None,
 ) -> Segmenter:
     """Build ``preset`` in eval mode on ``device``.
 
@@ -129,7 +130,8 @@ def build_model(
     ``weights_dir`` (unless offline), and a file that cannot be had raises
     :class:`~ovsam_ros.weights.WeightsError` saying how to get it. ``dtype`` fp16/bf16 casts the weights
     (halving their memory); run such a model through a :class:`~ovsam_ros.predictor.Predictor` with
-    the same dtype, which adds autocast.
+    the same dtype, which adds autocast. ``clip_weights`` names the CLIP file of a Feature-Crop preset
+    (mobilesam with ``clip_model``, sam-clip) instead of the registry's.
     """
     if preset not in PRESETS:
         raise PresetError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -137,11 +139,16 @@ def build_model(
         raise PresetError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if random_init and files:
         raise PresetError("give weight files or random_init=True, not both")
+    if clip_weights is not None and preset.startswith("ovsam-"):
+        raise PresetError(f"{preset} reads its CLIP ({DEFAULT_CLIP_MODEL}) from the weights folder; "
+                          "clip_weights is for mobilesam and sam-clip")
     if random_init or files:
         resolved = {k: Path(v) for k, v in (files or {}).items()}
     else:
         resolved = weights.resolve(preset, weights_dir, offline=offline, sam_variant=sam_variant,
-                                   clip_model=clip_model)
+                                   clip_model="" if clip_weights is not None else clip_model)  # "": no file
+    if clip_weights is not None and not random_init:
+        resolved["clip"] = Path(clip_weights)
     opts = BuildOptions(resolved, random_init, recognition, clip_model, sam_variant)
     model = PRESETS[preset].builder(opts)
     return model.to(device=device, dtype=dtype).eval()

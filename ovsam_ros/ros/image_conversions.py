@@ -1,12 +1,15 @@
 """sensor_msgs Image / CompressedImage <-> numpy, with the checks cv_bridge leaves to a crash.
 
-Written here rather than taken from cv_bridge so that the bag tool and the tests work without ROS,
-and so every malformed image (unknown encoding, wrong size, short buffer, padding, big-endian data)
-becomes a :class:`ConversionError` with the reason, never a reshape error deep inside numpy.
+Written here as well as taken from cv_bridge: the bag tool and the tests work without ROS (and
+cv_bridge does not load beside numpy 2), and every malformed image (unknown encoding, wrong size,
+short buffer, padding, big-endian data) becomes a :class:`ConversionError` with the reason, never a
+reshape error deep inside numpy. Where cv_bridge imports, the node decodes with it
+(:func:`cv_bridge_decoder`) after these checks; both give the same arrays.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -41,8 +44,8 @@ def _layout(encoding: str) -> tuple[np.dtype, int]:
             f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}") from None
 
 
-def image_to_numpy(msg: Any) -> np.ndarray:
-    """A native-endian copy, ``[H, W]`` for one channel and ``[H, W, C]`` otherwise."""
+def _checked_buffer(msg: Any) -> tuple[np.ndarray, np.dtype, int, int]:
+    """The message's bytes, dtype, channels and row length, after every size check."""
     dtype, channels = _layout(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
@@ -55,6 +58,13 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     if buf.size != step * height:
         raise ConversionError(f"image data has {buf.size} bytes; step x height = {step} x {height} = "
                               f"{step * height}")
+    return buf, dtype, channels, row_bytes
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """A native-endian copy, ``[H, W]`` for one channel and ``[H, W, C]`` otherwise."""
+    buf, dtype, channels, row_bytes = _checked_buffer(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
     rows = buf.reshape(height, step)[:, :row_bytes].copy()  # never alias the message buffer
     pixels = rows.view(dtype.newbyteorder(">" if msg.is_bigendian else "<"))
     shape = (height, width) if channels == 1 else (height, width, channels)
@@ -140,6 +150,39 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     else:
         pixels, encoding = image_to_numpy(msg), msg.encoding
     return to_rgb(pixels, encoding)
+
+
+def cv_bridge_decoder() -> Callable[[Any], np.ndarray] | None:
+    """:func:`image_to_rgb` done by ROS's cv_bridge, behind the same checks and errors; None where
+    cv_bridge does not import (no ROS, or numpy 2: its C++ module is built against numpy 1)."""
+    try:
+        from cv_bridge import CvBridge, CvBridgeError
+    except (ImportError, AttributeError):
+        return None
+    bridge = CvBridge()
+
+    def decode(msg: Any) -> np.ndarray:
+        compressed = hasattr(msg, "format")
+        if compressed and len(msg.data) == 0:
+            raise ConversionError(f"empty compressed image (format {str(msg.format)!r})")
+        if not compressed:
+            _checked_buffer(msg)
+            if msg.encoding not in COLOR_ENCODINGS:
+                raise ConversionError(f"a {msg.encoding} image is not a colour image; the model needs one "
+                                      f"of {', '.join(COLOR_ENCODINGS)}")
+        try:
+            rgb = (bridge.compressed_imgmsg_to_cv2(msg, "rgb8") if compressed
+                   else bridge.imgmsg_to_cv2(msg, "rgb8"))
+        except (CvBridgeError, cv2.error, TypeError, ValueError) as exc:
+            what = f"compressed image ({len(msg.data)} bytes, format {str(msg.format)!r})" if compressed \
+                else f"{msg.encoding} image"
+            raise ConversionError(f"cannot decode {what}: {exc}") from None
+        if rgb is None or rgb.ndim != 3:
+            kind = msg.format if compressed else msg.encoding
+            raise ConversionError(f"cannot decode the image ({kind!r})")
+        return np.ascontiguousarray(rgb)
+
+    return decode
 
 
 def depth_to_meters(msg: Any) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from ovsam_ros.prompts import PromptKind
 from ovsam_ros.results import FrameResult, Instance
 from ovsam_ros.ros.factory import MessageFactory
-from ovsam_ros.ros.geometry import Box3D
+from ovsam_ros.ros.geometry import Box3D, CameraModel, GeometryError
 from ovsam_ros.ros.image_conversions import numpy_to_image
 from ovsam_ros.ros.mask_conversions import (
     class_id_image,
@@ -212,3 +212,36 @@ def label_info_msg(factory: MessageFactory, names: Sequence[str], threshold: flo
     fields = {} if header is None else {"header": header}
     return factory.make("vision_msgs/msg/LabelInfo", class_map=class_map, threshold=float(threshold),
                         **fields)
+
+
+_FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
+_CLOUD_FIELDS = (("x", 0), ("y", 4), ("z", 8), ("rgb", 12))
+
+
+def point_cloud_msg(factory: MessageFactory, depth_m: np.ndarray, rgb: np.ndarray | None, camera: CameraModel,
+                    header: Any, stride: int = 2) -> Any:
+    """sensor_msgs/PointCloud2 (x, y, z, rgb as RViz reads it) of every ``stride``-th depth pixel with a
+    depth, in the camera's optical frame: the surface RViz's "Publish Point" tool clicks on. Without
+    an image of the same stamp the points are grey."""
+    if stride < 1:
+        raise GeometryError(f"cloud stride must be >= 1, got {stride}")
+    if (camera.height, camera.width) != depth_m.shape:
+        raise GeometryError(f"camera_info is {camera.width}x{camera.height}, the depth image "
+                            f"{depth_m.shape[1]}x{depth_m.shape[0]}")
+    v, u = np.mgrid[0:depth_m.shape[0]:stride, 0:depth_m.shape[1]:stride]
+    z = depth_m[v, u]
+    valid = np.isfinite(z) & (z > 0)
+    u, v, z = u[valid], v[valid], z[valid]
+    points = camera.deproject(np.stack([u, v], axis=1), z)
+    if rgb is not None and rgb.shape[:2] == depth_m.shape:
+        colour = rgb[v, u].astype(np.uint32)
+    else:
+        colour = np.full((len(u), 3), 160, dtype=np.uint32)
+    cloud = np.empty(len(u), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+    cloud["x"], cloud["y"], cloud["z"] = points[:, 0], points[:, 1], points[:, 2]
+    cloud["rgb"] = (colour[:, 0] << 16) | (colour[:, 1] << 8) | colour[:, 2]
+    fields = [factory.make("sensor_msgs/msg/PointField", name=name, offset=offset, datatype=_FLOAT32, count=1)
+              for name, offset in _CLOUD_FIELDS]
+    return factory.make("sensor_msgs/msg/PointCloud2", header=header, height=1, width=len(cloud),
+                        fields=fields, is_bigendian=False, point_step=16, row_step=16 * len(cloud),
+                        data=cloud.view(np.uint8).reshape(-1), is_dense=True)

@@ -97,12 +97,14 @@ def embed_vocabulary(
     tokenizer: Tokenizer,
     device: torch.device | str,
     batch_size: int = 256,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     templates: Sequence[str] = VILD_TEMPLATES,
 ) -> torch.Tensor:
     """L2-normalised ``[C, P, D]`` float32 embeddings on ``device`` (the text model must already be there).
 
-    ``batch_size`` counts prompts (synonym x template strings) per text-tower pass.
+    ``batch_size`` counts prompts (synonym x template strings) per text-tower pass. ``progress``: a
+    progress bar, or a callable given (names done, names in all) after each pass (the node's log and
+    diagnostics).
     """
     templates = check_templates(templates)
     if batch_size < 1:
@@ -112,13 +114,17 @@ def embed_vocabulary(
     synonyms = [s for synonyms in vocab.classes for s in synonyms]
     per_pass = max(1, batch_size // len(templates))
     parts = []
-    with tqdm(total=len(synonyms), desc=f"embedding {vocab.name}", unit="name", disable=not progress) as bar:
+    report = progress if callable(progress) else None
+    with tqdm(total=len(synonyms), desc=f"embedding {vocab.name}", unit="name",
+              disable=progress is not True) as bar:
         for start in range(0, len(synonyms), per_pass):
             chunk = synonyms[start:start + per_pass]
             tokens = tokenizer([t.format(s) for s in chunk for t in templates]).to(device)
             emb = F.normalize(_encode(text_model, tokens).float(), dim=-1)
             parts.append(F.normalize(emb.view(len(chunk), len(templates), -1).mean(dim=1), dim=-1))
             bar.update(len(chunk))
+            if report is not None:
+                report(start + len(chunk), len(synonyms))
     return torch.cat(parts)[_padding_index(vocab).to(device)]
 
 
@@ -198,7 +204,7 @@ class EmbeddingCache:
         device: torch.device | str,
         templates: Sequence[str] = VILD_TEMPLATES,
         batch_size: int = 256,
-        progress: bool = True,
+        progress: bool | Callable[[int, int], None] = True,
     ) -> torch.Tensor:
         """``[C, P, D]`` float32 embeddings on ``device``: read from the cache, or built once and stored.
 

@@ -173,3 +173,18 @@ def _preset(name: str) -> Vocabulary:
 def _all() -> Vocabulary:
     return Vocabulary.merged([_preset(n) for n in MERGED], name=ALL)
 
+
+
+def names_file(names: Sequence[str], directory: Path | None = None) -> Path:
+    """Explicit class names (synonyms after commas) as a vocabulary file named by its content, so a
+    list given at run time (``~/set_vocabulary``) can stand as the ``vocab.vocabulary`` parameter."""
+    from ovsam_ros.assets import cache_dir
+
+    vocabulary = Vocabulary.from_names(names, name="custom")
+    folder = cache_dir() / "vocabularies" if directory is None else directory
+    path = folder / f"names-{vocabulary.content_hash[:12]}.txt"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = "".join(", ".join(synonyms) + "\n" for synonyms in vocabulary.classes)
+        path.write_text(lines, encoding="utf-8")
+    return path
