@@ -153,11 +153,17 @@ def answer_image(processor: Any, rgb: np.ndarray, prompts: list[Prompt], frame_i
 
 
 def read_rgb(path: Path) -> np.ndarray:
+    """The image file as RGB; a truncated or damaged file is refused (:func:`strict_imdecode`)."""
     import cv2
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CliError(f"cannot read image {path}: missing, unreadable or not an image")
+    from ovsam_ros.ros.image_conversions import ConversionError, strict_imdecode
+
+    try:
+        bgr = strict_imdecode(path.read_bytes(), cv2.IMREAD_COLOR, f"image {path}")
+    except OSError as exc:
+        raise CliError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    except ConversionError as exc:
+        raise CliError(str(exc)) from None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -216,9 +222,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     processor, vocabulary = build_processor(args, needs_names=bool(args.text.strip()))
     by_id = {p.id: p for p in prompts}
     overlays = overlay_paths(Path(args.overlay), images) if args.overlay else []
-    records = []
+    records, unreadable = [], []
     for i, path in enumerate(tqdm(images, unit="image", disable=args.quiet or len(images) == 1)):
-        rgb = read_rgb(path)
+        try:
+            rgb = read_rgb(path)
+        except CliError as exc:  # the other images go on; the run fails at the end
+            unreadable.append(str(exc))
+            records.append({"file": str(path), "instances": [], "errors": [str(exc)]})
+            continue
         instances, errors, _ = answer_image(processor, rgb, prompts, str(path))
         for error in errors:
             print(f"warning: {path}: {error}", file=sys.stderr)
@@ -231,7 +242,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     Path(args.json).write_text(json.dumps(out, indent=1))
     if not args.quiet:
         total = sum(len(r["instances"]) for r in records)
-        print(f"{total} instance(s) on {len(records)} image(s) -> {args.json}")
+        print(f"{total} instance(s) on {len(records) - len(unreadable)} image(s) -> {args.json}")
+    if unreadable:
+        raise CliError(f"{len(unreadable)} of {len(images)} image(s) could not be read (the others are in "
+                       f"{args.json}): {unreadable[0]}")
     return 0
 
 

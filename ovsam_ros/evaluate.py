@@ -30,6 +30,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from ovsam_ros.predictor import Predictor
+from ovsam_ros.ros.image_conversions import ConversionError, strict_imdecode
 from ovsam_ros.vocab.base_classes import base_mask_for
 from ovsam_ros.vocab.vocabulary import Vocabulary, VocabularyError, data_file, normalise_name
 
@@ -221,9 +222,11 @@ def center_click(mask: np.ndarray) -> tuple[float, float]:
 
 def read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The image as stored (EXIF orientation ignored, as COCO's sizes are), checked against ``size``."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise EvalError(f"cannot read image {path}")
+    try:
+        bgr = strict_imdecode(path.read_bytes(), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+                              f"image {path}")
+    except (OSError, ConversionError) as exc:
+        raise EvalError(f"cannot read image {path}: {exc}") from None
     if bgr.shape[:2] != size:
         raise EvalError(f"{path} is {bgr.shape[1]}x{bgr.shape[0]} but the annotations say "
                         f"{size[1]}x{size[0]}")

@@ -173,7 +173,8 @@ class Session:
     def depth(self, msg: Any, received_ns: int | None = None) -> None:
         """An aligned depth image, kept by stamp: results of the frame nearest it get 3D outputs (a
         stalled depth stream stops only those), and it is published as a point cloud coloured by
-        the image of the same stamp."""
+        the image of the same stamp. Deliberately not message_filters' synchroniser: it holds every
+        image until a depth image matches, so a stalled depth stream would stop all output."""
         try:
             meters = depth_to_meters(msg)
         except ConversionError as exc:

@@ -139,6 +139,23 @@ def test_segment_several_images_writes_one_overlay_each(tmp_path, bear, mobile_s
 
 
 @pytest.mark.slow
+def test_a_truncated_image_fails_alone(tmp_path, bear, mobile_sam_path, capsys):
+    """The first 5,000 bytes of a real photo: refused with the file and the reason in one line, while
+    the intact photo of the same run is segmented and written."""
+    good = bear.image_dir / "1.jpeg"
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(good.read_bytes()[:5000])
+    argv = ["-q", "segment", str(good), str(bad), "--point", "380,490", *_model(mobile_sam_path),
+            "--json", str(tmp_path / "r.json")]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated.jpg" in err[0] and "Premature end of JPEG file" in err[0], err
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [len(im["instances"]) for im in data["images"]] == [1, 0]
+    assert "truncated.jpg" in data["images"][1]["errors"][0]
+
+
+@pytest.mark.slow
 def test_bag_command_with_stats_then_export_coco(tmp_path, bear, gt, mobile_sam_path):
     from test_bag import BagBuilder
 

@@ -16,6 +16,7 @@ from ovsam_ros.ros.image_conversions import (
     image_to_rgb,
     numpy_to_compressed,
     numpy_to_image,
+    strict_imdecode,
     to_rgb,
 )
 
@@ -145,7 +146,7 @@ def test_compressed_depth_16_bit_png(factory):
 
 
 def test_broken_compressed_images(factory):
-    for data, words in ((np.zeros(0, np.uint8), "empty compressed"),
+    for data, words in ((np.zeros(0, np.uint8), "compressed image.*empty"),
                         (np.arange(50, dtype=np.uint8), "cannot decode")):
         msg = factory.make("sensor_msgs/msg/CompressedImage", format="jpeg", data=data)
         with pytest.raises(ConversionError, match=words):
@@ -167,3 +168,30 @@ def test_depth_to_meters(factory):
     assert np.isnan(out[0, [0, 1, 2, 4]]).all() and out[0, 3] == 2.5
     with pytest.raises(ConversionError, match="16UC1"):
         depth_to_meters(numpy_to_image(factory, np.zeros((1, 1), np.uint8), "mono8"))
+
+
+def _damaged(data: bytes) -> dict[str, bytes]:
+    """Truncated, zero-length and bit-flipped (in the header, where every decoder must notice) copies."""
+    header = bytearray(data)
+    sof = data.find(b"\xff\xc0") if data[:2] == b"\xff\xd8" else 16  # JPEG frame header / PNG IHDR
+    header[sof + 5] ^= 0xFF  # the image height
+    return {"truncated": data[:5000], "half": data[:len(data) // 2], "empty": b"", "flipped": bytes(header)}
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_damaged_real_photos_are_refused_with_the_source_named(factory, bear, fmt):
+    """Some OpenCV builds decode the first 5,000 bytes of a real 1008x756 JPEG as a mostly grey image
+    with only a printed warning; here every damaged copy is an error naming its source, and the
+    intact photo decodes exactly as OpenCV decodes it."""
+    path = bear.images()[0]
+    data = path.read_bytes() if fmt == "jpeg" else cv2.imencode(".png", cv2.imread(str(path)))[1].tobytes()
+    for name, bad in _damaged(data).items():
+        with pytest.raises(ConversionError, match=r"photo\.jpg") as info:
+            strict_imdecode(bad, cv2.IMREAD_COLOR, "photo.jpg")
+        assert name != "truncated" or fmt != "jpeg" or "Premature end" in str(info.value)
+        msg = factory.make("sensor_msgs/msg/CompressedImage", format=fmt,
+                           data=np.frombuffer(bad, np.uint8))
+        with pytest.raises(ConversionError, match="compressed image"):
+            image_to_rgb(msg)
+    whole = strict_imdecode(data, cv2.IMREAD_COLOR, "photo")
+    assert np.array_equal(whole, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))

@@ -14,6 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from ovsam_ros.ros.factory import MessageFactory
 
@@ -99,6 +100,37 @@ def numpy_to_image(factory: MessageFactory, pixels: np.ndarray, encoding: str, h
                         is_bigendian=0, step=width * channels * dtype.itemsize, data=data, **fields)
 
 
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def check_encoded(data: bytes | np.ndarray, source: str) -> np.ndarray:
+    """The bytes of a JPEG or PNG as uint8, refused when empty or damaged; ``source`` names it in the
+    error (a file, a topic).
+
+    OpenCV decodes a truncated or corrupt JPEG with only a printed libjpeg warning ("Premature end
+    of JPEG file") and returns the rest grey, so JPEGs are first decoded by libjpeg-turbo in strict
+    mode (simplejpeg; at 1/8 scale, which still reads every entropy-coded byte). A damaged PNG fails
+    its zlib stream or chunk CRCs, which OpenCV itself refuses."""
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    if buf.size == 0:
+        raise ConversionError(f"{source}: empty (0 bytes)")
+    if buf[:3].tobytes() == _JPEG_START:
+        try:
+            simplejpeg.decode_jpeg(buf, colorspace="GRAY", min_factor=8, strict=True)
+        except ValueError as exc:
+            raise ConversionError(f"{source}: corrupt or truncated JPEG ({buf.size} bytes): {exc}") from None
+    return buf
+
+
+def strict_imdecode(data: bytes | np.ndarray, flags: int, source: str) -> np.ndarray:
+    """``cv2.imdecode`` after :func:`check_encoded`: never a silently half-decoded image."""
+    buf = check_encoded(data, source)
+    pixels = cv2.imdecode(buf, flags)
+    if pixels is None:
+        raise ConversionError(f"{source}: cannot decode {buf.size} bytes (not an image, or damaged)")
+    return pixels
+
+
 def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
     """Decode a CompressedImage (jpeg/png, and 16-bit png ``compressedDepth``) to (pixels, encoding).
 
@@ -110,11 +142,7 @@ def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
         if not fmt.startswith("16UC1"):
             raise ConversionError(f"compressedDepth is supported for 16UC1 only, got format {fmt!r}")
         buf = buf[12:]  # image_transport's compressedDepth header (format + two quantisation floats)
-    if buf.size == 0:
-        raise ConversionError(f"empty compressed image (format {fmt!r})")
-    pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise ConversionError(f"cannot decode compressed image ({buf.size} bytes, format {fmt!r})")
+    pixels = strict_imdecode(buf, cv2.IMREAD_UNCHANGED, f"compressed image (format {fmt!r})")
     if pixels.ndim == 2:
         return pixels, "mono8" if pixels.dtype == np.uint8 else "16UC1"
     if pixels.dtype != np.uint8:
@@ -163,9 +191,9 @@ def cv_bridge_decoder() -> Callable[[Any], np.ndarray] | None:
 
     def decode(msg: Any) -> np.ndarray:
         compressed = hasattr(msg, "format")
-        if compressed and len(msg.data) == 0:
-            raise ConversionError(f"empty compressed image (format {str(msg.format)!r})")
-        if not compressed:
+        if compressed:
+            check_encoded(msg.data, f"compressed image (format {str(msg.format)!r})")
+        else:
             _checked_buffer(msg)
             if msg.encoding not in COLOR_ENCODINGS:
                 raise ConversionError(f"a {msg.encoding} image is not a colour image; the model needs one "
