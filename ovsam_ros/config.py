@@ -191,6 +191,9 @@ class NodeConfig(_Section):
                                  dynamic=True)
     cloud_stride: int = _param(2, "every n-th depth pixel per row and column goes into ~/points",
                                range=(1, 64), dynamic=True)
+    max_boxes_per_message: int = _param(256, "detections of one Detection2DArray used as prompts; the rest "
+                                              "are skipped with a warning (a runaway detector cannot stall "
+                                              "the model)", range=(1, 100000), dynamic=True)
     request_timeout_s: float = _param(30.0, "how long ~/segment and ~/set_vocabulary wait for the model "
                                             "before answering that it is busy (s)",
                                       range=(0.1, 3600.0), dynamic=True)

@@ -226,6 +226,11 @@ class Session:
         prompts, errors = detection_prompts(msg, standing=True, image_size=self.image_size)
         for error in errors:
             self._skip(f"skipping detection: {error}")
+        cap = self.config.node.max_boxes_per_message
+        if len(prompts) > cap:
+            self._skip(f"skipping detections: {len(prompts)} boxes in one array, the first "
+                       f"{cap} are used (node.max_boxes_per_message)")
+            prompts = prompts[:cap]
         self._set_standing("boxes", prompts)
         for prompt in prompts:
             if prompt.stamp > 0:

@@ -130,6 +130,19 @@ def test_detector_boxes_answer_their_frame_once_then_stand(processor, photo):
                 gts[0]) > 0.85
 
 
+def test_a_runaway_detector_is_capped(processor, photo):
+    rgb, gts = photo
+    session, out = _session(processor, max_boxes_per_message=3)
+    session.image(_image(rgb, T0))
+    many = F.make("vision_msgs/msg/Detection2DArray", header=make_header(F, T0, "camera"),
+                  detections=[F.make("vision_msgs/msg/Detection2D", id=f"d{k}", bbox=_bbox(gts[0]))
+                              for k in range(1000)])
+    session.boxes(many)
+    assert [p.id for p in session.engine.standing()["boxes"]] == ["d0", "d1", "d2"]
+    assert session.engine.stats()["prompts_pending"] == 3
+    assert any("1000 boxes in one array, the first 3" in w for w in out.warnings)
+
+
 @pytest.mark.slow
 def test_clicks_in_a_configured_camera_frame_and_refused_elsewhere(processor, photo):
     """``node.camera_frame`` names the optical frame even when CameraInfo carries another name."""
