@@ -299,24 +299,21 @@ class Session:
         """An ovsam_ros/Segment request answered on the worker: the InstanceArray of the given image
         (encoded once and cached like a streamed frame) or of the newest frame."""
         given = request.image
+        image, stamp, frame_id, size = None, 0.0, "", self.image_size
         if given.width and given.height:
             try:
-                rgb = self._decode(given)
+                image = self._decode(given)
             except ConversionError as exc:
                 raise SessionError(f"request image: {exc}") from None
             stamp = stamp_seconds(given.header.stamp) or self._clock()
+            frame_id, size = str(given.header.frame_id), image.shape[:2]
             with self._lock:
                 self._frames.put(stamp, (given.header, None))
-            size: tuple[int, int] | None = rgb.shape[:2]
-            future = lambda prompts: self.engine.request(prompts, rgb, stamp, str(given.header.frame_id))  # noqa: E731
-        else:
-            size = self.image_size
-            if size is None:
-                raise SessionError("no image received yet: pass one in the request")
-            future = lambda prompts: self.engine.request(prompts)  # noqa: E731
+        elif size is None:
+            raise SessionError("no image received yet: pass one in the request")
         prompts = segment_request_prompts(request, size)
         try:
-            result = future(prompts).result(timeout=timeout_s)
+            result = self.engine.request(prompts, image, stamp, frame_id).result(timeout=timeout_s)
         except FutureTimeout:
             raise SessionError(f"no answer within {timeout_s:.1f} s (node.request_timeout_s): the model is "
                                f"busy with {self.engine.stats()['prompts_pending']} pending prompt(s) and "
