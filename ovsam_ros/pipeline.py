@@ -186,6 +186,11 @@ class PromptProcessor:
     def encode(self, image: np.ndarray) -> ImageFeatures:
         return self.predictor.encode(image)
 
+    def free_memory(self) -> None:
+        """After an out-of-memory batch (the engine retries smaller): give cached CUDA blocks back."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[Instance]:
         """One image, one-off prompts: encode it and answer them (the engine does this per frame)."""
         return self.answer(self.encode(image), prompts)

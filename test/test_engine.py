@@ -582,3 +582,40 @@ def test_stamped_standing_prompts_stand_only_for_newer_frames():
     engine.set_standing("boxes", [Prompt.from_box([0, 0, 2, 2], id="det", stamp=stamp(2), standing=True)])
     feed(engine, range(2, 4))
     assert [(v, ids) for v, ids in processor.batches] == [(3, ["det"])]
+
+
+
+class OomProcessor(StampProcessor):
+    """Runs out of memory (torch's CUDA error type, raised on the CPU) on batches above ``fits``."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits, self.freed = fits, 0
+
+    def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
+        if len(prompts) > self.fits:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(prompts)} GiB")
+        return super().answer(features, prompts)
+
+    def free_memory(self) -> None:
+        self.freed += 1
+
+
+@pytest.mark.parametrize("fits, answered, skipped", [(2, 4, 0), (1, 0, 1)])
+def test_out_of_memory_is_retried_smaller_once_then_the_frame_is_skipped(fits, answered, skipped):
+    processor = OomProcessor(fits)
+    engine, sink = replay_engine(processor, encode_mode="on_demand")
+    engine.push_frame(image(1), stamp(1))
+    for k in range(4):
+        engine.push_prompt(Prompt.point([(1, 1)], id=f"p{k}", stamp=stamp(1)))
+    engine.run_until_idle()
+    (result,) = sink.results
+    assert len(result.instances) == answered and processor.freed == 1 + skipped
+    stats = engine.stats()
+    assert stats["frames_skipped_oom"] == skipped and stats["prompts_answered"] == answered
+    if skipped:
+        assert len(sink.errors) == 4 and all("out of memory on 4 prompt(s)" in m for m, _ in sink.errors)
+    engine.push_frame(image(2), stamp(2))  # the engine goes on with the next frame
+    engine.push_prompt(Prompt.point([(1, 1)], id="next", stamp=stamp(2)))
+    engine.run_until_idle()
+    assert [i.prompt_id for i in sink.results[-1].instances] == ["next"]

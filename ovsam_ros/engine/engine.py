@@ -48,7 +48,17 @@ ResultCallback = Callable[[FrameResult], None]
 ErrorCallback = Callable[[str, "Prompt | None"], None]
 
 _COUNTERS = ("frames_received", "frames_encoded", "frames_skipped", "encode_errors", "prompts_received",
-             "prompts_answered", "cache_hits", "standing_applied", "results_emitted", "callback_errors")
+             "prompts_answered", "cache_hits", "standing_applied", "results_emitted", "callback_errors",
+             "frames_skipped_oom")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA ``OutOfMemoryError`` (a RuntimeError), a CPU allocator failure or a MemoryError:
+    a failure of this batch's size on this device, not of its prompts."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 class EngineError(ValueError):
@@ -478,6 +488,8 @@ class Engine:
         except Exception as exc:
             logger.exception("encoding frame %s at %.6f failed", raw.frame_id, raw.stamp)
             self._stats.count("encode_errors")
+            if out_of_memory(exc):
+                self._free_memory()
             message = f"encoding frame {raw.frame_id!r} at {raw.stamp:.6f}: {type(exc).__name__}: {exc}"
             with self._cond:
                 for pending in job.prompts:
@@ -516,7 +528,9 @@ class Engine:
         try:
             instances: list[Instance] = list(self._processor.answer(frame.features, batch))
         except Exception as exc:
-            if len(batch) == 1:
+            if out_of_memory(exc):
+                instances, failed = self._answer_after_oom(frame, batch, exc)
+            elif len(batch) == 1:
                 instances, failed = [], {0: f"{type(exc).__name__}: {exc}"}
             else:
                 instances = []
@@ -547,6 +561,31 @@ class Engine:
             except Exception:
                 self._stats.count("callback_errors")
                 logger.exception("on_result callback failed")
+
+    def _answer_after_oom(self, frame: EncodedFrame, batch: list[Prompt], exc: BaseException,
+                          ) -> tuple[list[Instance], dict[int, str]]:
+        """Out of memory on a batch: free what the processor can, retry once as two halves; if that runs
+        out too, skip the frame (every prompt failed, counted as ``frames_skipped_oom``)."""
+        self._free_memory()
+        halves = [batch[: len(batch) // 2], batch[len(batch) // 2:]] if len(batch) > 1 else [batch]
+        instances: list[Instance] = []
+        try:
+            for half in halves:
+                instances.extend(self._processor.answer(frame.features, half))
+        except Exception as again:
+            if not out_of_memory(again):
+                raise
+            self._free_memory()
+            self._stats.count("frames_skipped_oom")
+            why = (f"out of memory on {len(batch)} prompt(s), and again retried as {len(halves)} batch(es): "
+                   f"frame skipped ({type(exc).__name__}: {exc})")
+            return [], dict.fromkeys(range(len(batch)), why)
+        return instances, {}
+
+    def _free_memory(self) -> None:
+        free = getattr(self._processor, "free_memory", None)
+        if callable(free):
+            free()
 
     # ----------------------------------------------------------------------------- rejections
 
