@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 import sys
 import threading
+import zipfile
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 from segment_anything.modeling import PromptEncoder
 
 from ovsam_ros import assets, weights
-from ovsam_ros.model.checkpoints import read_state_dict
+from ovsam_ros.model.checkpoints import CheckpointError, read_state_dict, read_zip_prefix
 from ovsam_ros.model.ovsam import load_prompt_encoder
 from ovsam_ros.weights import FILES, WeightFile, WeightsError, fetch_file
 
@@ -275,3 +277,18 @@ def test_ovsam_preset_resolves_the_small_prompt_encoder_file(sam_file, tmp_path,
     paths = weights.resolve("ovsam-lvis", tmp_path, offline=True)
     assert paths["sam"] == tmp_path / small.filename
     assert paths["sam"].stat().st_size < 100_000
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_the_index_reader_refuses_any_global_but_tensors(tmp_path, capfd):
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"prompt_encoder.x": _RunsCode()}))
+    with zipfile.ZipFile(path) as archive, pytest.raises(
+            CheckpointError, match=r"refusing global builtins\.print"):
+        read_zip_prefix(archive, "prompt_encoder")
+    assert "pickle code ran" not in capfd.readouterr().out
