@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -177,9 +178,16 @@ def _write_stamp(path: Path, sha256: str, source: str) -> None:
     stamps = _read_stamps(path.parent)
     st = path.stat()
     stamps[path.name] = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "source": source}
-    tmp = path.parent / (STAMP_NAME + ".tmp")
-    tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
-    os.replace(tmp, path.parent / STAMP_NAME)
+    tmp: Path | None = None
+    try:  # a uniquely named temporary file, so concurrent writers never interleave
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=STAMP_NAME, delete=False) as handle:
+            tmp = Path(handle.name)
+            handle.write(json.dumps(stamps, indent=1, sort_keys=True))
+        os.replace(tmp, path.parent / STAMP_NAME)
+    except OSError as exc:  # a read-only weights folder: still checked, just re-hashed at each start
+        log.warning("cannot record the sha256 check of %s in %s: %s", path.name, path.parent, exc)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _check_sha(path: Path, expected: str, source: str, preset: str) -> None:

@@ -224,3 +224,14 @@ def test_cli_list_and_verify(mobile_sam_path, tmp_path, capsys):
     assert weights.main(["fetch", "ovsam-coco", "--dir", str(tmp_path), "--offline"]) == 1
     err = capsys.readouterr().err
     assert "sam2clip_vith_rn50x16.pth" in err and "ovsam-coco" in err
+
+
+def test_a_stamp_that_cannot_be_written_only_costs_a_rehash(server, tmp_path, monkeypatch, caplog):
+    (tmp_path / weights.STAMP_NAME).mkdir()  # unwritable as a file, like a read-only weights folder
+    entry = WeightFile("w.pth", _url(server), "test file", sha256=SHA, size=len(PAYLOAD))
+    path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
+    assert "cannot record the sha256 check" in caplog.text
+    hashed = _counting_hashes(monkeypatch)
+    assert fetch_file(entry, tmp_path, "test", offline=True) == path
+    assert hashed == [path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [weights.STAMP_NAME, "w.pth"]  # no stray temp file
