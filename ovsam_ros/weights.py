@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             state = status(dest, entry, args.command == "verify", preset, args.offline or None)
             bad |= state.startswith(("BAD", "missing", "UNCHECKED")) and args.command == "verify"
             size = f"{entry.size / 1e6:.0f} MB" if entry.size else "size ?"
-            print(f"{preset:11s} {role:9s} {entry.filename:28s} {size:>9s}  {state}")
+            print(f"{preset:11s} {role:9s} {entry.filename:44s} {size:>9s}  {state}")
     return 1 if bad else 0
 
 
