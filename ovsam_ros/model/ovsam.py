@@ -193,8 +193,9 @@ def build_ovsam(
     """The released OVSAM from its files, or random weights on purpose (``random_init``).
 
     ``files``: ``"sam2clip"`` (sam2clip_vith_rn50x16.pth), ``"clip2sam"`` (clip2sam_{variant}_rn50x16.pth:
-    ``fpn_neck.*`` and ``mask_decoder.*``), ``"clip"`` (OpenAI RN50x16.pt), ``"sam"`` (SAM ViT-H; only
-    ``prompt_encoder.*`` is read). Every tensor each part needs must be in its file.
+    ``fpn_neck.*`` and ``mask_decoder.*``), ``"clip"`` (OpenAI RN50x16.pt), ``"sam"`` (SAM ViT-H's
+    ``prompt_encoder.*``: the registry's small extracted file, or the full checkpoint). Every tensor
+    each part needs must be in its file.
     """
     if variant not in VARIANT_ROI_SIZE:
         raise ValueError(f"unknown OVSAM variant {variant!r}; choose from {sorted(VARIANT_ROI_SIZE)}")
@@ -212,9 +213,15 @@ def build_ovsam(
     model = OVSAMSegmenter(tower, load_sam2clip(paths["sam2clip"]), VARIANT_ROI_SIZE[variant], recognition)
     model.text_tower = text
     load_clip2sam(model, paths["clip2sam"])
-    sam = take_prefix(read_state_dict(paths["sam"], mmap=True), "prompt_encoder")
-    load_into(model.prompt_encoder, sam, f"SAM prompt encoder ({paths['sam']}, prefix 'prompt_encoder')")
+    load_prompt_encoder(model.prompt_encoder, paths["sam"])
     return model.eval()
+
+
+def load_prompt_encoder(encoder: PromptEncoder, path: Path) -> None:
+    """``prompt_encoder.*`` of SAM ViT-H: the small extracted safetensors file the weights registry
+    keeps, or the full ``sam_vit_h_4b8939.pth`` (memory-mapped, so only those tensors are read)."""
+    sam = take_prefix(read_state_dict(path, mmap=True), "prompt_encoder")
+    load_into(encoder, sam, f"SAM prompt encoder ({path}, prefix 'prompt_encoder')")
 
 
 def _check_files(files: dict[str, Path] | None, variant: str) -> dict[str, Path]:
