@@ -191,6 +191,11 @@ class NodeConfig(_Section):
                                  dynamic=True)
     cloud_stride: int = _param(2, "every n-th depth pixel per row and column goes into ~/points",
                                range=(1, 64), dynamic=True)
+    max_image_pixels: int = _param(40_000_000, "larger images are skipped with a warning (a 40 MP frame "
+                                                "already takes seconds to convert)", range=(1, 1 << 31),
+                                   dynamic=True)
+    max_points_per_prompt: int = _param(64, "clicks of one PointPrompt; a prompt with more is skipped",
+                                        range=(1, 4096), dynamic=True)
     max_boxes_per_message: int = _param(256, "detections of one Detection2DArray used as prompts; the rest "
                                               "are skipped with a warning (a runaway detector cannot stall "
                                               "the model)", range=(1, 100000), dynamic=True)

@@ -149,8 +149,13 @@ class Session:
         """A camera frame; its stamp keys the header every output of it carries (a zero stamp: the
         receive time). Returns the stamp, or None when the image could not be decoded."""
         self.counts["frames"] += 1
+        cap = self.config.node.max_image_pixels
         try:
+            if int(getattr(msg, "height", 0)) * int(getattr(msg, "width", 0)) > cap:
+                raise ConversionError(f"{msg.width}x{msg.height} is over node.max_image_pixels ({cap})")
             rgb = self._decode(msg)
+            if rgb.shape[0] * rgb.shape[1] > cap:
+                raise ConversionError(f"{rgb.shape[1]}x{rgb.shape[0]} is over node.max_image_pixels ({cap})")
         except ConversionError as exc:
             self.counts["bad_frames"] += 1
             self._warn(f"skipping image on {self.config.node.image_topic}: {exc}")
@@ -213,7 +218,11 @@ class Session:
         return self.config.node.camera_frame or (camera.frame_id if camera else "") or self.newest_frame_id
 
     def points(self, msg: Any) -> None:
+        cap = self.config.node.max_points_per_prompt
         try:
+            if len(msg.points) > cap:
+                raise PromptError(f"point prompt {msg.id!r} has {len(msg.points)} points, over "
+                                  f"node.max_points_per_prompt ({cap})")
             prompt = point_prompt(msg, self.image_size)
         except PromptError as exc:
             self._skip(f"skipping prompt: {exc}")

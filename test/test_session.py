@@ -143,6 +143,19 @@ def test_a_runaway_detector_is_capped(processor, photo):
     assert any("1000 boxes in one array, the first 3" in w for w in out.warnings)
 
 
+def test_huge_images_and_prompts_are_refused_with_the_cap(processor, photo):
+    rgb, _ = photo
+    session, out = _session(processor, max_image_pixels=100_000, max_points_per_prompt=2)
+    assert session.image(_image(rgb, T0)) is None and session.counts["bad_frames"] == 1
+    assert any("756x1008 is over node.max_image_pixels (100000)" in w for w in out.warnings)
+    assert session.image(_image(rgb[:200, :300], T0 + 1)) == T0 + 1
+    clicks = [F.make("geometry_msgs/msg/Point", x=float(k), y=1.0) for k in range(3)]
+    session.points(F.make("ovsam_ros/msg/PointPrompt", header=make_header(F, T0 + 1, "camera"), id="many",
+                          points=clicks, labels=[1, 1, 1]))
+    assert session.engine.stats()["prompts_received"] == 0
+    assert any("'many' has 3 points, over node.max_points_per_prompt (2)" in w for w in out.warnings)
+
+
 @pytest.mark.slow
 def test_clicks_in_a_configured_camera_frame_and_refused_elsewhere(processor, photo):
     """``node.camera_frame`` names the optical frame even when CameraInfo carries another name."""
