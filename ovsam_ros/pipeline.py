@@ -151,6 +151,11 @@ class PromptProcessor:
     def can_name(self) -> bool:
         return self.vocabulary is not None
 
+    @property
+    def cached_queries(self) -> int:
+        """Resolved text queries kept (bounded: :class:`QueryCache`)."""
+        return len(self._query_sets)
+
     def set_vocabulary(self, vocabulary: Vocabulary, embeddings: torch.Tensor,
                        base_mask: torch.Tensor | None = None, embed_phrases: Callable | None = None) -> None:
         """Name with ``vocabulary`` (``[C, P, D]`` text ``embeddings``); ``embed_phrases`` embeds text
