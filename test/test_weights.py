@@ -4,6 +4,7 @@ URLs, offline mode, checksum failures, and the MobileSAM fallback to the real Py
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -229,7 +230,8 @@ def test_cli_list_and_verify(mobile_sam_path, tmp_path, capsys):
 def test_a_stamp_that_cannot_be_written_only_costs_a_rehash(server, tmp_path, monkeypatch, caplog):
     (tmp_path / weights.STAMP_NAME).mkdir()  # unwritable as a file, like a read-only weights folder
     entry = WeightFile("w.pth", _url(server), "test file", sha256=SHA, size=len(PAYLOAD))
-    path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
+    with caplog.at_level(logging.WARNING, logger="ovsam_ros.weights"):  # whatever the root level is
+        path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
     assert "cannot record the sha256 check" in caplog.text
     hashed = _counting_hashes(monkeypatch)
     assert fetch_file(entry, tmp_path, "test", offline=True) == path
