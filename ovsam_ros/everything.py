@@ -4,7 +4,10 @@ The recipe is SAM's automatic mask generator (one crop, no crop layers): a regul
 positive clicks, decoded in batches from the frame's cached features (the image encoder is not run
 again); every mask of every click (3 per click where the decoder has several mask tokens) is kept
 only if its predicted IoU (where the decoder has an IoU head), its stability score and its area pass
-the thresholds; duplicates are removed by box NMS and, optionally, mask-IoU NMS. segment_anything's
+the thresholds; duplicates are removed by box NMS and, optionally, mask-IoU NMS. The thresholds are
+judged at the original resolution as SAM does, but a mask is only upscaled (as the crop of its box,
+:class:`ovsam_ros.transforms.MaskUpscaler`) once its predicted IoU and a low-res stability score
+suggest it can pass, and only the masks left after NMS become RLEs. segment_anything's
 own helpers (grid, stability score, boxes, small-region removal) do the work, so the numbers match
 SAM's; masks are held as COCO RLEs by pycocotools (see :func:`encode_masks`). Kept masks are named
 afterwards, once, from their own low-res logits: the recognizer takes the box of the predicted mask
@@ -25,13 +28,19 @@ from torchvision.ops import batched_nms
 
 from ovsam_ros.config import EverythingConfig, VocabConfig
 from ovsam_ros.model.base import ImageFeatures
+from ovsam_ros.predictor import STABILITY_OFFSET
 from ovsam_ros.prompts import PromptKind
 from ovsam_ros.recognition import Naming, name_instances
 from ovsam_ros.results import Instance, mask_bbox
+from ovsam_ros.transforms import MaskCrops
 from ovsam_ros.vocab.vocabulary import Vocabulary
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _TENSOR_FIELDS = ("boxes", "points", "mask_score", "stability_score", "low_res_logits")
+# How far below the stability threshold a mask's low-res stability score may lie and still be
+# upscaled for the exact, original-resolution test (the largest gap on the test photos is far
+# smaller, see test_upscale.py).
+LOW_RES_STABILITY_MARGIN = 0.2
 
 
 class EverythingError(ValueError):
@@ -119,41 +128,56 @@ def quality_keep(pred: Any, config: EverythingConfig) -> torch.Tensor:
     keep = pred.stability_score >= config.stability_score_threshold
     if pred.iou_pred is not None:
         keep &= pred.iou_pred >= config.pred_iou_threshold
-    large = torch.zeros_like(keep)  # areas only of the survivors: a full-resolution sum is not free
-    large[keep] = pred.masks[keep].flatten(1).sum(dim=1) >= max(config.min_area, 1)
-    return large
+    return keep & (pred.area >= max(config.min_area, 1))
 
 
 def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
-                  config: EverythingConfig) -> dict[str, Any] | None:
-    """Decode one batch of clicks and keep the masks that pass :func:`quality_keep`; None if none do."""
-    pred = predictor.predict_on(
-        features,
-        point_coords=points[:, None, :],
-        point_labels=np.ones((len(points), 1), dtype=np.int64),
-        multimask_output=True,
-        recognize=False,  # only the kept masks are named, after NMS
-    )
-    keep = quality_keep(pred, config).flatten()
-    if not bool(keep.any()):
+                  config: EverythingConfig) -> dict[str, Any]:
+    """Decode one batch of clicks, every mask of every click flattened, with a cheap pre-filter on the
+    low-res logits (predicted IoU, and the stability score at the low resolution within
+    ``LOW_RES_STABILITY_MARGIN``); everything stays on the device."""
+    low, iou = predictor.decode_clicks(features, points)
+    per_click = low.shape[1]
+    low = low.flatten(0, 1)
+    valid_h, valid_w = predictor.upscaler(features).valid
+    rough = amg.calculate_stability_score(low[:, :valid_h, :valid_w], 0.0, STABILITY_OFFSET).nan_to_num(0.0)
+    passed = rough >= config.stability_score_threshold - LOW_RES_STABILITY_MARGIN
+    if iou is not None:
+        iou = iou.flatten()
+        passed &= iou >= config.pred_iou_threshold
+    clicks = torch.as_tensor(points, dtype=torch.float32, device=low.device)
+    return {"low_res_logits": low, "iou": iou, "passed": passed,
+            "points": clicks.repeat_interleave(per_click, dim=0)}
+
+
+def _upscale_survivors(predictor: Any, features: ImageFeatures, parts: list[dict[str, Any]],
+                       config: EverythingConfig) -> tuple[dict[str, Any], MaskCrops] | None:
+    """The pre-filtered masks of all batches, upscaled (as crops) and filtered exactly by
+    :func:`quality_keep`'s rule at the original resolution; None when none pass."""
+    low = torch.cat([p["low_res_logits"] for p in parts])
+    rows = torch.cat([p["passed"] for p in parts]).nonzero().flatten()  # the one host sync
+    if len(rows) == 0:
         return None
-    masks = pred.masks.flatten(0, 1)[keep]
-    clicks = torch.as_tensor(points, dtype=torch.float32, device=masks.device)
-    return {
-        "rles": encode_masks(masks),
-        "boxes": amg.batched_mask_to_box(masks).float(),
-        "points": clicks.repeat_interleave(pred.masks.shape[1], dim=0)[keep],
-        "mask_score": pred.mask_score.flatten()[keep].float(),
-        "stability_score": pred.stability_score.flatten()[keep].float(),
-        "low_res_logits": pred.low_res_logits.flatten(0, 1)[keep],
+    crops = predictor.upscaler(features).masks(low[rows], STABILITY_OFFSET)
+    iou = None if parts[0]["iou"] is None else torch.cat([p["iou"] for p in parts])[rows]
+    keep = (crops.stability >= config.stability_score_threshold) & (crops.area >= max(config.min_area, 1))
+    if iou is not None:
+        keep &= iou >= config.pred_iou_threshold
+    kept = keep.nonzero().flatten()
+    if len(kept) == 0:
+        return None
+    score = crops.stability if iou is None else iou
+    boxes = crops.boxes[kept].clone()
+    boxes[:, 2:] -= 1  # SAM's boxes: x1/y1 inclusive
+    data = {
+        "crop_index": kept,
+        "boxes": boxes,
+        "points": torch.cat([p["points"] for p in parts])[rows][kept],
+        "mask_score": score[kept],
+        "stability_score": crops.stability[kept],
+        "low_res_logits": low[rows][kept],
     }
-
-
-def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"rles": [rle for p in parts for rle in p["rles"]]}
-    for key in _TENSOR_FIELDS:
-        out[key] = torch.cat([p[key] for p in parts])
-    return out
+    return data, crops
 
 
 def _select(data: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
@@ -219,13 +243,16 @@ def generate_candidates(
     if min(image_size) < 1:
         raise EverythingError(f"features have no original image size ({image_size}); encode an image first")
     grid = point_grid(config.points_per_side, image_size)
-    parts = [part for (points,) in amg.batch_iterator(config.points_per_batch, grid)
-             if (part := _decode_batch(predictor, features, points, config)) is not None]
-    if not parts:
+    parts = [_decode_batch(predictor, features, points, config)
+             for (points,) in amg.batch_iterator(config.points_per_batch, grid)]
+    survivors = _upscale_survivors(predictor, features, parts, config)
+    if survivors is None:
         return _empty(features, image_size)
-    data = _concat(parts)
+    data, crops = survivors
     groups = torch.zeros_like(data["mask_score"], dtype=torch.long)
     data = _select(data, batched_nms(data["boxes"], data["mask_score"], groups, config.nms_threshold))
+    crop_index = data.pop("crop_index")
+    data["rles"] = encode_masks(crops.dense(crop_index.tolist()))
     if min_region_area > 0:
         data = _remove_small_regions(data, min_region_area, config.nms_threshold)
     if mask_nms_threshold is not None:
