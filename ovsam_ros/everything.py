@@ -7,7 +7,9 @@ only if its predicted IoU (where the decoder has an IoU head), its stability sco
 the thresholds; duplicates are removed by box NMS and, optionally, mask-IoU NMS. The thresholds are
 judged at the original resolution as SAM does, but a mask is only upscaled (as the crop of its box,
 :class:`ovsam_ros.transforms.MaskUpscaler`) once its predicted IoU and a low-res stability score
-suggest it can pass, and only the masks left after NMS become RLEs. segment_anything's
+suggest it can pass, and only the masks left after NMS become RLEs. By default the grid is decoded
+coarse to fine and a click that lies well inside a mask already kept is skipped (SAM decodes every
+click; the decoder is most of the cost). segment_anything's
 own helpers (grid, stability score, boxes, small-region removal) do the work, so the numbers match
 SAM's; masks are held as COCO RLEs by pycocotools (see :func:`encode_masks`). Kept masks are named
 afterwards, once, from their own low-res logits: the recognizer takes the box of the predicted mask
@@ -16,12 +18,13 @@ afterwards, once, from their own low-res logits: the recognizer takes the box of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from segment_anything.utils import amg
 from torchvision.ops import batched_nms
@@ -32,7 +35,7 @@ from ovsam_ros.predictor import STABILITY_OFFSET
 from ovsam_ros.prompts import PromptKind
 from ovsam_ros.recognition import Naming, name_instances
 from ovsam_ros.results import Instance, mask_bbox
-from ovsam_ros.transforms import MaskCrops
+from ovsam_ros.transforms import paste
 from ovsam_ros.vocab.vocabulary import Vocabulary
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -41,6 +44,8 @@ _TENSOR_FIELDS = ("boxes", "points", "mask_score", "stability_score", "low_res_l
 # upscaled for the exact, original-resolution test (the largest gap on the test photos is far
 # smaller, see test_upscale.py).
 LOW_RES_STABILITY_MARGIN = 0.2
+# With skip_covered_points, a click is skipped only this many grid spacings inside a kept mask.
+COVER_MARGIN = 0.25
 
 
 class EverythingError(ValueError):
@@ -151,11 +156,11 @@ def _decode_batch(predictor: Any, features: ImageFeatures, points: np.ndarray,
 
 
 def _upscale_survivors(predictor: Any, features: ImageFeatures, parts: list[dict[str, Any]],
-                       config: EverythingConfig) -> tuple[dict[str, Any], MaskCrops] | None:
+                       config: EverythingConfig) -> dict[str, Any] | None:
     """The pre-filtered masks of all batches, upscaled (as crops) and filtered exactly by
     :func:`quality_keep`'s rule at the original resolution; None when none pass."""
     low = torch.cat([p["low_res_logits"] for p in parts])
-    rows = torch.cat([p["passed"] for p in parts]).nonzero().flatten()  # the one host sync
+    rows = torch.cat([p["passed"] for p in parts]).nonzero().flatten()  # the host sync of a pass
     if len(rows) == 0:
         return None
     crops = predictor.upscaler(features).masks(low[rows], STABILITY_OFFSET)
@@ -169,15 +174,86 @@ def _upscale_survivors(predictor: Any, features: ImageFeatures, parts: list[dict
     score = crops.stability if iou is None else iou
     boxes = crops.boxes[kept].clone()
     boxes[:, 2:] -= 1  # SAM's boxes: x1/y1 inclusive
-    data = {
-        "crop_index": kept,
+    pieces = crops.pieces()
+    return {
+        "crops": [pieces[k] for k in kept.tolist()],
         "boxes": boxes,
         "points": torch.cat([p["points"] for p in parts])[rows][kept],
         "mask_score": score[kept],
         "stability_score": crops.stability[kept],
+        "area": crops.area[kept],
         "low_res_logits": low[rows][kept],
     }
-    return data, crops
+
+
+def _join(values: list[Any]) -> Any:
+    return [v for value in values for v in value] if isinstance(values[0], list) else torch.cat(values)
+
+
+def _lattice(points_per_side: int, stride: int) -> np.ndarray:
+    """Bool ``[n * n]`` (SAM's grid order, row by row): the grid points on every ``stride``-th row and
+    column, centred (offset ``stride // 2``)."""
+    on = np.arange(points_per_side) % stride == stride // 2
+    return (on[:, None] & on[None, :]).ravel()
+
+
+def _passes(grid: np.ndarray, n: int, skip_covered: bool,
+            cover: list[tuple[torch.Tensor, int, int]]) -> Iterator[np.ndarray]:
+    """The grid clicks (``n`` per side) to decode, pass by pass. Without ``skip_covered``: all of them
+    at once. With it: coarse to fine (every 8th, 4th, 2nd row and column, then the rest), each pass
+    leaving out the clicks inside a mask in ``cover`` (filled in by the caller between passes)."""
+    if not skip_covered:
+        yield grid
+        return
+    todo = np.ones(len(grid), dtype=bool)
+    for stride in [s for s in (8, 4, 2) if n >= 2 * s] + [1]:
+        chosen = todo & (_lattice(n, stride) if stride > 1 else True)
+        chosen &= ~_covered(grid, cover)
+        todo &= ~chosen
+        if chosen.any():
+            yield grid[chosen]
+
+
+def _cover_masks(survivors: dict[str, Any], image_area: int) -> list[tuple[torch.Tensor, int, int]]:
+    """Per click, the mask whose area later clicks are skipped in: its largest kept mask that covers
+    at most half the frame (an object rather than a part of it), else its smallest one. A click on
+    the background yields the background (with holes where the objects are) and the whole frame;
+    covering with the whole frame would hide every object from the clicks still to come."""
+    points = survivors["points"].cpu().numpy()
+    area = survivors["area"].cpu().numpy()
+    best: dict[tuple[float, float], int] = {}
+    for k, point in enumerate(map(tuple, points)):
+        if point not in best:
+            best[point] = k
+            continue
+        old = area[best[point]]
+        small, old_small = area[k] <= image_area // 2, old <= image_area // 2
+        if (small and (not old_small or area[k] > old)) or (not small and not old_small and area[k] < old):
+            best[point] = k
+    return [survivors["crops"][k] for k in best.values()]
+
+
+def _erode(piece: tuple[torch.Tensor, int, int], margin: int) -> tuple[torch.Tensor, int, int]:
+    """The mask shrunk by ``margin`` pixels (a square neighbourhood): clicks near a mask's edge are
+    still decoded, since that is where a click finds a different part or a whole."""
+    crop, top, left = piece
+    if margin < 1 or crop.numel() == 0:
+        return piece
+    outside = F.max_pool2d((~crop)[None, None].float(), 2 * margin + 1, stride=1, padding=margin)
+    return outside[0, 0] == 0, top, left
+
+
+def _covered(grid: np.ndarray, cover: list[tuple[torch.Tensor, int, int]]) -> np.ndarray:
+    """Bool ``[P]``: the clicks that lie inside any of the ``cover`` masks."""
+    covered = np.zeros(len(grid), dtype=bool)
+    pixels = np.floor(grid).astype(np.int64)  # (x, y)
+    for crop, top, left in cover:
+        y, x = pixels[:, 1] - top, pixels[:, 0] - left
+        inside = (y >= 0) & (y < crop.shape[0]) & (x >= 0) & (x < crop.shape[1]) & ~covered
+        if inside.any():
+            rows = np.flatnonzero(inside)
+            covered[rows] = crop[y[rows], x[rows]].cpu().numpy()
+    return covered
 
 
 def _select(data: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
@@ -230,12 +306,16 @@ def generate_candidates(
     *,
     mask_nms_threshold: float | None = None,
     min_region_area: int = 0,
+    skip_covered_points: bool = True,
 ) -> Candidates:
     """Every mask a grid of clicks yields on one frame, filtered and de-duplicated, best first.
 
     ``predictor`` is an :class:`ovsam_ros.predictor.Predictor` (``predict_on`` decodes from the
     cached ``features``). ``mask_nms_threshold`` adds mask-IoU NMS after box NMS (off when None);
     ``min_region_area`` > 0 runs SAM's hole/island clean-up (off at 0, as in SAM).
+    ``skip_covered_points`` decodes the grid coarse to fine and skips the clicks that lie well inside
+    a mask already kept (on the test photos: 30-76 of 1024 clicks, every object found as well as by
+    the full grid); False decodes every click, as SAM does.
     """
     config = EverythingConfig() if config is None else config
     _check_config(config, mask_nms_threshold, min_region_area)
@@ -243,16 +323,22 @@ def generate_candidates(
     if min(image_size) < 1:
         raise EverythingError(f"features have no original image size ({image_size}); encode an image first")
     grid = point_grid(config.points_per_side, image_size)
-    parts = [_decode_batch(predictor, features, points, config)
-             for (points,) in amg.batch_iterator(config.points_per_batch, grid)]
-    survivors = _upscale_survivors(predictor, features, parts, config)
-    if survivors is None:
+    found: list[dict[str, Any]] = []
+    cover: list[tuple[torch.Tensor, int, int]] = []
+    margin = int(min(image_size) / config.points_per_side * COVER_MARGIN)
+    area = image_size[0] * image_size[1]
+    for points in _passes(grid, config.points_per_side, skip_covered_points, cover):
+        parts = [_decode_batch(predictor, features, batch, config)
+                 for (batch,) in amg.batch_iterator(config.points_per_batch, points)]
+        if (survivors := _upscale_survivors(predictor, features, parts, config)) is not None:
+            cover += [_erode(piece, margin) for piece in _cover_masks(survivors, area)]
+            found.append(survivors)
+    if not found:
         return _empty(features, image_size)
-    data, crops = survivors
+    data = {key: _join([part[key] for part in found]) for key in found[0] if key != "area"}
     groups = torch.zeros_like(data["mask_score"], dtype=torch.long)
     data = _select(data, batched_nms(data["boxes"], data["mask_score"], groups, config.nms_threshold))
-    crop_index = data.pop("crop_index")
-    data["rles"] = encode_masks(crops.dense(crop_index.tolist()))
+    data["rles"] = encode_masks(paste(data.pop("crops"), image_size, data["boxes"].device))
     if min_region_area > 0:
         data = _remove_small_regions(data, min_region_area, config.nms_threshold)
     if mask_nms_threshold is not None:

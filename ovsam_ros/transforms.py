@@ -210,9 +210,9 @@ def _crop_stats(logits: torch.Tensor, mask: torch.Tensor, top: int, left: int, o
     """``[inter, union, area, x0, y0, x1, y1]`` (box x1/y1 exclusive, zeros when empty) of one crop."""
     if mask.numel() == 0:
         return logits.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    inter = (logits > offset).sum()
-    union = (logits > -offset).sum()
-    area = mask.sum()
+    inter = torch.count_nonzero(logits > offset)
+    union = torch.count_nonzero(logits > -offset)
+    area = torch.count_nonzero(mask)
     x0, x1 = _first_last(mask.any(dim=0)[None])
     y0, y1 = _first_last(mask.any(dim=1)[None])
     box = torch.cat([x0 + left, y0 + top, x1 + left + 1, y1 + top + 1]) * (area > 0)
@@ -236,12 +236,21 @@ class MaskCrops:
     def __len__(self) -> int:
         return len(self.crops)
 
+    def pieces(self) -> list[tuple[torch.Tensor, int, int]]:
+        """``(crop, top, left)`` per mask, for :func:`paste`."""
+        return list(zip(self.crops, self.tops, self.lefts, strict=True))
+
     def dense(self, index: list[int] | None = None) -> torch.Tensor:
         """The masks at ``index`` (all when None) pasted into full frames: bool ``[k, H, W]``."""
-        index = list(range(len(self))) if index is None else index
-        device = self.boxes.device
-        out = torch.zeros(len(index), *self.size, dtype=torch.bool, device=device)
-        for row, k in enumerate(index):
-            crop, top, left = self.crops[k], self.tops[k], self.lefts[k]
-            out[row, top:top + crop.shape[0], left:left + crop.shape[1]] = crop
-        return out
+        pieces = self.pieces()
+        chosen = pieces if index is None else [pieces[k] for k in index]
+        return paste(chosen, self.size, self.boxes.device)
+
+
+def paste(pieces: list[tuple[torch.Tensor, int, int]], size: tuple[int, int],
+          device: torch.device | str) -> torch.Tensor:
+    """Bool crops ``(crop, top, left)`` pasted into zero frames: ``[k, H, W]``."""
+    out = torch.zeros(len(pieces), *size, dtype=torch.bool, device=device)
+    for row, (crop, top, left) in enumerate(pieces):
+        out[row, top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+    return out
