@@ -5,7 +5,8 @@
 thread and answer prompts for any cached frame on another. Prompts are in original-image pixels; this
 module (with :mod:`ovsam_ros.transforms`) is the only place that knows about resizing and padding.
 Results stay on the device as tensors until :meth:`Prediction.cpu` or :meth:`Predictor.predict_prompts`
-turns them into host data, so the hot path has no host-device synchronisation.
+turns them into host data; a decoder call synchronises once before that, to read the boxes of its
+masks' crops (masks are upscaled only where their logits can reach, :class:`MaskUpscaler`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Prediction:
     background: torch.Tensor | None = None
 
     def cpu(self) -> Prediction:
-        """A copy with every tensor on the host (the one synchronisation point)."""
+        """A copy with every tensor on the host."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{k: v.cpu() for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
