@@ -1,11 +1,13 @@
 """``ovsam-ros bench``: where the time and memory go, every figure from one run on one machine.
 
 Measured: the image encoder; one prompt decoded (and named) from cached features; batches of 1, 8
-and 32 prompts; the classifier (matmul + top-k) at 80 / 1,203 / 21,843 classes; the node-side
+and 32 prompts; everything mode (SAM's 32 x 32 grid) on the photo; the classifier (matmul + top-k) at
+80 / 1,203 / 21,843 classes, with each vocabulary's real synonym counts; the node-side
 conversions (Image message -> array, result -> messages) as a share of model time; peak memory; for
 OVSAM, the extra cost per prompt of the frozen-CLIP branch (ensemble vs head) relative to the
 decoder; and the architecture cost of OVSAM against the paper's SAM-H + CLIP Feature-Crop baseline
 (parameters, FLOPs counted by ``torch.utils.flop_counter`` at 1024 px, encoder time ratio).
+``ratios`` sets the per-prompt figures against the encode measured in the same run.
 
 Times are medians over ``repeats`` after ``warmup`` calls; on CUDA the device is synchronised only
 around each timed call. The two heavy encoders of the architecture comparison run ``heavy_repeats``
@@ -124,6 +126,17 @@ def vocabulary_shape(name: str) -> tuple[int, int]:
     return len(vocab), vocab.max_synonyms
 
 
+def vocabulary_embeddings(name: str, dim: int, device: torch.device) -> torch.Tensor:
+    """Random ``[C, P, D]`` embeddings with a shipped vocabulary's own synonym count per class,
+    padded as the text encoder pads them (repeats of the first synonym)."""
+    from ovsam_ros.model.classifier import pad_synonyms
+    from ovsam_ros.vocab.vocabulary import Vocabulary
+
+    counts = [len(synonyms) for synonyms in Vocabulary.from_name(name).classes]
+    rows = random_embeddings(sum(counts), 1, dim, torch.device("cpu"))[:, 0]
+    return pad_synonyms(list(rows.split(counts))).to(device)
+
+
 # ---- sections -------------------------------------------------------------------------------------
 
 
@@ -148,10 +161,10 @@ def bench_classifier(dim: int, vocabularies: Sequence[str], repeats: int, warmup
 
     out = {}
     for name in vocabularies:
-        classes, synonyms = vocabulary_shape(name)
         classifier = TextClassifier(dim).to(device)
-        classifier.set_embeddings(random_embeddings(classes, synonyms, dim, device))
-        entry: dict = {"shape": [classes, synonyms, dim]}
+        embeddings = vocabulary_embeddings(name, dim, device)
+        classifier.set_embeddings(embeddings)
+        entry: dict = {"shape": list(embeddings.shape), "rows": classifier.num_rows}
         for n in (1, 32):
             feats = torch.randn(n, dim, device=device)
 
@@ -162,6 +175,36 @@ def bench_classifier(dim: int, vocabularies: Sequence[str], repeats: int, warmup
 
             entry[str(n)] = measure(run, repeats, warmup, device)
         out[name] = entry
+    return out
+
+
+def bench_everything(predictor: Predictor, features: ImageFeatures, repeats: int, warmup: int) -> dict:
+    """Everything mode with SAM's 32 x 32 grid from cached features (default settings, naming the
+    masks where the model can), results on the host as instances."""
+    from ovsam_ros.config import EverythingConfig
+    from ovsam_ros.everything import segment_everything
+
+    config = EverythingConfig(points_per_side=32)
+    timing = measure(lambda: segment_everything(predictor, features, config), repeats, warmup,
+                     predictor.device)
+    kept = len(segment_everything(predictor, features, config))
+    return {**timing, "points_per_side": config.points_per_side, "skip_covered_points": True,
+            "masks_kept": kept}
+
+
+def ratios(result: dict) -> dict:
+    """Per-prompt figures against the encode of the same run (the issue's goals are stated so)."""
+    encode = result["encode"]["median_ms"]
+    decode = result["decode"]
+    out = {
+        "encode_over_one_prompt": encode / decode["1"]["median_ms"],
+        "prompts_32_over_encode": decode["32"]["median_ms"] / encode,
+        "everything_over_encode": result["everything"]["median_ms"] / encode,
+    }
+    classifier = result["classifier"]
+    if result["names_masks"] and {"lvis", "imagenet21k"} <= set(classifier):
+        extra = classifier["imagenet21k"]["1"]["median_ms"] - classifier["lvis"]["1"]["median_ms"]
+        out["imagenet21k_naming_extra_over_one_prompt"] = extra / decode["1"]["median_ms"]
     return out
 
 
@@ -360,11 +403,13 @@ def run(args: argparse.Namespace) -> dict:
         predictor.set_vocabulary(names, random_embeddings(classes, synonyms, recognizer.embed_dim, device))
     result["names_masks"] = recognizer is not None
     result["decode"] = bench_prompts(predictor, features, reps, warm)
+    result["everything"] = bench_everything(predictor, features, reps, warm)
     result["classifier"] = bench_classifier(768 if recognizer is None else recognizer.embed_dim,
                                             args.vocabularies, reps, warm, device)
     modes = recognizer is not None and hasattr(recognizer, "set_mode")
     result["recognition_modes"] = bench_recognition_modes(predictor, features, reps, warm) if modes else None
     result["conversion"] = bench_conversions(predictor, rgb, features, encode["median_ms"], reps, warm)
+    result["ratios"] = ratios(result)
     result["memory"] = memory()
     del features
     if args.architecture:

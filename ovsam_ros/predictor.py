@@ -5,7 +5,8 @@
 thread and answer prompts for any cached frame on another. Prompts are in original-image pixels; this
 module (with :mod:`ovsam_ros.transforms`) is the only place that knows about resizing and padding.
 Results stay on the device as tensors until :meth:`Prediction.cpu` or :meth:`Predictor.predict_prompts`
-turns them into host data, so the hot path has no host-device synchronisation.
+turns them into host data; a decoder call synchronises once before that, to read the boxes of its
+masks' crops (masks are upscaled only where their logits can reach, :class:`MaskUpscaler`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from ovsam_ros.model.base import ImageFeatures, Segmenter
 from ovsam_ros.prompts import Prompt, PromptError, PromptKind
-from ovsam_ros.results import Instance, mask_bbox
+from ovsam_ros.results import Instance
 from ovsam_ros.transforms import (
+    MaskCrops,
+    MaskUpscaler,
     map_boxes,
     map_points,
     normalize_and_pad,
@@ -36,6 +39,9 @@ STABILITY_OFFSET = 1.0
 # label, class_index, score and top_k (ovsam_ros.recognition.Naming)
 Namer = Callable[[torch.Tensor], Sequence | None]
 LOW_RES = 256
+# Prompts per decoder call on the CPU: each prompt carries its own 64x64x256 image tokens through the
+# two-way transformer, so large batches spill the cache (2 prompts: 44 ms each on 2 cores; 64: 159 ms).
+CPU_DECODE_CHUNK = 2
 
 
 class InputError(ValueError):
@@ -48,8 +54,10 @@ class Prediction:
 
     ``masks`` ``[N, M, H, W]`` bool at the original resolution; ``low_res_logits`` ``[N, M, 256, 256]``;
     ``iou_pred`` ``[N, M]`` (None without an IoU head); ``stability_score`` ``[N, M]``; ``mask_score``
-    ``[N, M]`` (``iou_pred`` where present, else the stability score). ``logits`` ``[N, M, H, W]`` only
-    with ``return_logits``. With a vocabulary set: ``class_index``/``score`` ``[N]`` (best real class),
+    ``[N, M]`` (``iou_pred`` where present, else the stability score); ``mask_box`` ``[N, M, 4]`` the
+    masks' boxes (x1/y1 exclusive, zeros when empty) and ``area`` ``[N, M]`` their pixel counts, both
+    computed once from each mask's crop. ``logits`` ``[N, M, H, W]`` only with ``return_logits``.
+    With a vocabulary set: ``class_index``/``score`` ``[N]`` (best real class),
     ``probs`` ``[N, C]`` over the real classes and ``background`` ``[N]``, computed on each prompt's
     best mask (highest ``mask_score``).
     """
@@ -59,6 +67,8 @@ class Prediction:
     iou_pred: torch.Tensor | None
     stability_score: torch.Tensor
     mask_score: torch.Tensor
+    mask_box: torch.Tensor | None = None
+    area: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     class_index: torch.Tensor | None = None
     score: torch.Tensor | None = None
@@ -66,7 +76,7 @@ class Prediction:
     background: torch.Tensor | None = None
 
     def cpu(self) -> Prediction:
-        """A copy with every tensor on the host (the one synchronisation point)."""
+        """A copy with every tensor on the host."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{k: v.cpu() for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
@@ -156,6 +166,7 @@ class Predictor:
         self.model = model.to(device).eval()
         self._features: ImageFeatures | None = None
         self._names: list[str] = []
+        self._upscalers: dict[tuple[tuple[int, int], tuple[int, int]], MaskUpscaler] = {}
 
     # ---- image side -------------------------------------------------------------------------------
 
@@ -375,27 +386,69 @@ class Predictor:
             features = features.to(self.device)
         return features
 
+    def upscaler(self, features: ImageFeatures) -> MaskUpscaler:
+        """The low-res -> original-resolution mapping of ``features``' sizes (kept per size pair)."""
+        key = (tuple(features.input_size), tuple(features.original_size))
+        if key not in self._upscalers:
+            if len(self._upscalers) >= 8:
+                self._upscalers.pop(next(iter(self._upscalers)))
+            self._upscalers[key] = MaskUpscaler(LOW_RES, self.model.image_size, features.input_size,
+                                                features.original_size, self.device)
+        return self._upscalers[key]
+
+    def decode_low_res(
+        self, features: ImageFeatures, coords: torch.Tensor | None, labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None, masks: torch.Tensor | None = None, multimask: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The decoder alone on prompts already in the padded input frame: float32 low-res logits
+        ``[N, M, 256, 256]``, predicted IoU ``[N, M]`` (or None) and the label embedding (or None)."""
+        n = next(len(t) for t in (coords, boxes, masks) if t is not None)
+        step = CPU_DECODE_CHUNK if self.device.type == "cpu" else n
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, n, step):
+                part = [None if t is None else t[i:i + step] for t in (coords, labels, boxes, masks)]
+                with self._autocast():
+                    outs.append(self.model.decode(features, *part, multimask_output=multimask))
+            low = torch.cat([o.low_res_logits.float() for o in outs])
+            iou = None if outs[0].iou_pred is None else torch.cat([o.iou_pred.float() for o in outs])
+            label = None if outs[0].label_embedding is None else torch.cat([o.label_embedding for o in outs])
+            return low, iou, label
+
+    def decode_clicks(self, features: ImageFeatures,
+                      points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One positive click per prompt at ``points`` ``[N, 2]`` (original pixels), every mask
+        token, decoder only: low-res logits ``[N, M, 256, 256]`` and predicted IoU ``[N, M]``."""
+        features = self._checked_features(features)
+        coords = self._tensor(map_points(points, features.original_size, features.input_size))[:, None]
+        labels = torch.ones(len(points), 1, dtype=torch.long, device=self.device)
+        low, iou, _ = self.decode_low_res(features, coords, labels, multimask=self.model.num_mask_tokens > 1)
+        return low, iou
+
     def _decode(self, features: ImageFeatures, coords: torch.Tensor | None, labels: torch.Tensor | None,
                 boxes: torch.Tensor | None, masks: torch.Tensor | None, multimask: bool, keep_best: bool,
                 return_logits: bool, recognize: bool = True) -> Prediction:
+        low, iou, label_embedding = self.decode_low_res(features, coords, labels, boxes, masks, multimask)
         with torch.inference_mode():
-            with self._autocast():
-                out = self.model.decode(features, coords, labels, boxes, masks, multimask_output=multimask)
-            low = out.low_res_logits.float()
-            iou = None if out.iou_pred is None else out.iou_pred.float()
             if keep_best:
                 quality = iou if iou is not None else calculate_stability_score(low, 0.0, STABILITY_OFFSET)
                 best = quality.argmax(dim=1, keepdim=True)
                 low = low.gather(1, best[:, :, None, None].expand(-1, -1, *low.shape[-2:]))
                 iou = None if iou is None else iou.gather(1, best)
-            logits = upscale_logits(low, self.model.image_size, features.input_size, features.original_size)
-            stability = calculate_stability_score(logits, 0.0, STABILITY_OFFSET).nan_to_num(0.0)
+            n, m = low.shape[:2]
+            crops: MaskCrops = self.upscaler(features).masks(low.flatten(0, 1), STABILITY_OFFSET)
+            stability = crops.stability.view(n, m)
             score = iou if iou is not None else stability
-            pred = Prediction(masks=logits > 0, low_res_logits=low, iou_pred=iou, stability_score=stability,
-                              mask_score=score, logits=logits if return_logits else None)
+            logits = None
+            if return_logits:
+                logits = upscale_logits(low, self.model.image_size, features.input_size,
+                                        features.original_size)
+            pred = Prediction(masks=crops.dense().view(n, m, *features.original_size), low_res_logits=low,
+                              iou_pred=iou, stability_score=stability, mask_score=score,
+                              mask_box=crops.boxes.view(n, m, 4), area=crops.area.view(n, m), logits=logits)
             if recognize and self.can_name:
                 chosen = low[torch.arange(len(low), device=low.device), score.argmax(dim=1)]
-                probs = self.recognize_masks(features, chosen, boxes, out.label_embedding)
+                probs = self.recognize_masks(features, chosen, boxes, label_embedding)
                 pred.score, pred.class_index = probs[:, :-1].max(dim=1)
                 pred.probs, pred.background = probs[:, :-1], probs[:, -1]
         return pred
@@ -424,10 +477,9 @@ class Predictor:
 
     def _instance(self, host: Prediction, row: int, prompt: Prompt) -> Instance:
         best = int(host.mask_score[row].argmax())
-        mask = host.masks[row, best].numpy()
         inst = Instance(
-            mask=mask,
-            bbox=mask_bbox(mask),
+            mask=host.masks[row, best].numpy(),
+            bbox=tuple(float(v) for v in host.mask_box[row, best]),
             mask_score=float(host.mask_score[row, best]),
             prompt_kind=prompt.kind,
             prompt_id=prompt.id,

@@ -32,6 +32,13 @@ def test_bench_smoke(mobile_sam_path, tmp_path, capsys):
         _positive_times(entry)
         assert entry["per_prompt_ms"] == pytest.approx(entry["median_ms"] / int(n))
     assert result["classifier"]["lvis"]["shape"] == [1203, 2, 768]  # the released LVIS classifier shape
+    assert result["classifier"]["lvis"]["rows"] < 1203 * 2  # padding is not stored
+    everything = result["everything"]
+    _positive_times(everything)
+    assert everything["points_per_side"] == 32 and everything["masks_kept"] >= 1
+    assert set(result["ratios"]) == {"encode_over_one_prompt", "prompts_32_over_encode",
+                                     "everything_over_encode"}
+    assert all(value > 0 for value in result["ratios"].values())
     for entry in result["classifier"].values():
         _positive_times(entry["1"])
         _positive_times(entry["32"])

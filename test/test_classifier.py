@@ -137,3 +137,42 @@ def test_swapping_between_two_vocabularies_reuses_their_prepared_weights():
     assert classifier.weight is not first_weight
     with pytest.raises(EmbeddingError):
         classifier.set_embeddings(vocab * 2)  # a new tensor is always validated
+
+
+def _padded_reference(features: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+    """The padded form: every row of [C, P, D], max over P."""
+    cosine = F.normalize(features, dim=-1) @ padded.flatten(0, 1).T
+    logits = cosine.view(len(features), padded.shape[0], padded.shape[1]).amax(-1) * LOGIT_SCALE
+    return torch.cat([logits, logits.new_zeros(len(features), 1)], dim=1)
+
+
+@pytest.mark.parametrize("counts", [[1], [3, 1, 2], [15, 1, 1, 7, 2, 15, 4], [2] * 9, [1, 5] * 20])
+def test_ragged_rows_give_exactly_the_padded_result(counts):
+    """Padding is dropped (R real rows kept) and the segment max equals the padded max, for the whole
+    vocabulary and for subsets in any order, repeats included. Equal up to the matmul's last bit: BLAS
+    rounds a dot product differently for a differently shaped matrix."""
+    gen = torch.Generator().manual_seed(len(counts))
+    per_class = [F.normalize(torch.randn(n, 768, generator=gen), dim=-1) for n in counts]
+    padded = pad_synonyms(per_class)
+    clf = TextClassifier()
+    clf.set_embeddings(padded)
+    assert clf.num_rows == sum(counts) and clf.num_synonyms == max(counts)
+    feats = torch.randn(5, 768, generator=gen)
+    feats[0] = per_class[-1][-1]  # a region that is exactly the last class's last synonym
+    full, want = clf(feats), _padded_reference(feats, padded)
+    torch.testing.assert_close(full, want, atol=2e-5, rtol=0)
+    assert torch.equal(full.argmax(1), want.argmax(1))
+    pick = torch.tensor([len(counts) - 1, 0, 0, len(counts) // 2])
+    sub, want = clf(feats, clf.class_indices(pick)), _padded_reference(feats, padded[pick])
+    torch.testing.assert_close(sub, want, atol=2e-5, rtol=0)
+    assert torch.equal(sub[:, 1], sub[:, 2])
+
+
+def test_a_synonym_equal_to_the_first_is_dropped_without_changing_the_max():
+    emb = _embeddings(4, 3)
+    emb[1, 2] = emb[1, 0]
+    clf = TextClassifier()
+    clf.set_embeddings(emb)
+    assert clf.num_rows == 11
+    feats = torch.randn(3, 768)
+    torch.testing.assert_close(clf(feats), _padded_reference(feats, emb), atol=2e-5, rtol=0)

@@ -167,9 +167,11 @@ def test_quality_filters_only_tighten(scene) -> None:
 def test_stricter_thresholds_keep_a_subset_without_nms(scene) -> None:
     predictor, features, _, _ = scene
     loose = generate_candidates(predictor, features, EverythingConfig(
-        points_per_side=4, pred_iou_threshold=0.5, stability_score_threshold=0.5, nms_threshold=1.0))
+        points_per_side=4, pred_iou_threshold=0.5, stability_score_threshold=0.5, nms_threshold=1.0),
+        skip_covered_points=False)
     strict = generate_candidates(predictor, features, EverythingConfig(
-        points_per_side=4, pred_iou_threshold=0.9, stability_score_threshold=0.95, nms_threshold=1.0))
+        points_per_side=4, pred_iou_threshold=0.9, stability_score_threshold=0.95, nms_threshold=1.0),
+        skip_covered_points=False)
     assert 0 < len(strict) < len(loose)
     loose_masks = loose.masks()
     for mask in strict.masks():
@@ -211,3 +213,30 @@ def test_bad_input() -> None:
         generate_candidates(predictor, features, min_region_area=-1)
     with pytest.raises(EverythingError, match="image size"):
         generate_candidates(predictor, features)
+
+
+@pytest.mark.slow
+def test_skipping_covered_clicks_keeps_recall_on_every_photo(mobile_sam_path, bear) -> None:
+    """SAM's 32 x 32 grid with covered clicks skipped: every ground-truth toy is still found as well
+    as the full grid finds it (best IoU 0.887 to 0.941 on these photos with all 1024 clicks decoded;
+    measured once, too slow to repeat here), from a small fraction of the clicks."""
+    predictor = Predictor(build_mobile_sam(mobile_sam_path))
+    decoded: list[int] = []
+    decode = predictor.decode_clicks
+
+    def counting(features, points):
+        decoded.append(len(points))
+        return decode(features, points)
+
+    predictor.decode_clicks = counting
+    coco = json.loads(bear.annotations.read_text())
+    for image in coco["images"]:
+        rgb = cv2.cvtColor(cv2.imread(str(bear.image_dir / image["file_name"])), cv2.COLOR_BGR2RGB)
+        h, w = rgb.shape[:2]
+        gt = [mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w)).any(-1)
+              for a in coco["annotations"] if a["image_id"] == image["id"]]
+        decoded.clear()
+        masks = generate_candidates(predictor, predictor.encode(rgb), EverythingConfig()).masks()
+        assert sum(decoded) <= 1024 // 8
+        for object_mask in gt:
+            assert max(_mask_iou(m, object_mask) for m in masks) >= 0.88

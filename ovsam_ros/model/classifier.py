@@ -1,9 +1,12 @@
 """Open-vocabulary classifier: cosine similarity with CLIP text embeddings, max over synonyms.
 
-Embeddings come as ``[C, P, D]`` (P synonyms per class, padded by repeating the first) and are kept
-flat as ``[C * P, D]`` so that any vocabulary, 21,843 ImageNet-21k classes included, is ONE matrix
-multiply on the device. Logits are ``exp(4.6052)`` (computed in float32, = 100.00296) times the
-best synonym's cosine; a background logit of 0 is appended last, as in the released head.
+Embeddings come as ``[C, P, D]`` (P synonyms per class, padded by repeating the first). Only the real
+rows are kept, flat as ``[R, D]`` with the class of each row: padding repeats a class's first row and
+cannot change its max, and ImageNet-21k has 40,745 real synonyms in a [21843, 15, 768] tensor (327,645
+rows). Any vocabulary is then ONE matrix multiply on the device plus a segment max over each class's
+rows. On a GPU the rows are stored in half precision. Logits are ``exp(4.6052)`` (computed in float32,
+= 100.00296) times the best synonym's cosine; a background logit of 0 is appended last, as in the
+released head.
 """
 
 from __future__ import annotations
@@ -40,18 +43,20 @@ class TextClassifier(nn.Module):
         self.num_classes = 0
         self.num_synonyms = 0
         self.register_buffer("weight", torch.zeros(0, embed_dim), persistent=False)
+        self.register_buffer("row_class", torch.zeros(0, dtype=torch.long), persistent=False)
         # Prepared weights of the last few embedding tensors given, keyed by identity (each entry keeps
         # its source alive, so an id is never reused while cached): text queries swap between the
         # vocabulary and the vocabulary + query phrases on every frame, and re-validating and
         # re-flattening 21,843 x P x D embeddings each time cost ~0.75 s per swap on CPU.
-        self._prepared: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._prepared: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def set_embeddings(self, embeddings: torch.Tensor) -> None:
-        """``[C, P, D]`` L2-normalised rows; kept in this module's device and dtype."""
-        here = (self.weight.device, self.weight.dtype)
-        for source, weight in self._prepared:
-            if source is embeddings and (weight.device, weight.dtype) == here:
-                self.weight = weight
+        """``[C, P, D]`` L2-normalised rows; kept on this module's device, in its dtype (half on a GPU)."""
+        device = self.weight.device
+        dtype = torch.float16 if device.type == "cuda" else self.weight.dtype
+        for source, weight, row_class in self._prepared:
+            if source is embeddings and (weight.device, weight.dtype) == (device, dtype):
+                self.weight, self.row_class = weight, row_class
                 self.num_classes, self.num_synonyms = embeddings.shape[:2]
                 return
         if embeddings.dim() != 3 or embeddings.shape[-1] != self.embed_dim or 0 in embeddings.shape[:2]:
@@ -63,10 +68,18 @@ class TextClassifier(nn.Module):
         if ((norms - 1).abs() > _NORM_TOLERANCE).any():
             raise EmbeddingError(f"text embeddings must be L2-normalised per synonym "
                                  f"(norms {norms.min():.4f}..{norms.max():.4f})")
-        c, p, d = embeddings.shape
-        self.weight = embeddings.reshape(c * p, d).to(self.weight.device, self.weight.dtype).contiguous()
+        c, p, _ = embeddings.shape
+        real = torch.ones(c, p, dtype=torch.bool, device=embeddings.device)
+        real[:, 1:] = (embeddings[:, 1:] != embeddings[:, :1]).any(dim=-1)  # a repeat of row 0 is padding
+        self.weight = embeddings[real].to(device, dtype).contiguous()
+        self.row_class = real.nonzero()[:, 0].to(device)
         self.num_classes, self.num_synonyms = c, p
-        self._prepared = [*self._prepared[-1:], (embeddings, self.weight)]
+        self._prepared = [*self._prepared[-1:], (embeddings, self.weight, self.row_class)]
+
+    @property
+    def num_rows(self) -> int:
+        """Synonym rows kept (the padding dropped)."""
+        return len(self.weight)
 
     def class_indices(self, classes: torch.Tensor) -> torch.Tensor:
         """A bool ``[C]`` mask or integer indices -> validated indices on this module's device."""
@@ -89,10 +102,18 @@ class TextClassifier(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.embed_dim:
             raise EmbeddingError(f"region features must be [N, {self.embed_dim}], "
                                  f"got {tuple(features.shape)}")
-        weight = self.weight
-        if classes is not None:
-            weight = weight.view(self.num_classes, self.num_synonyms, -1)[classes].flatten(0, 1)
+        weight, row_class, columns = self.weight, self.row_class, self.num_classes
+        if classes is not None:  # the rows of each chosen class, in the order asked
+            counts = torch.bincount(row_class, minlength=self.num_classes)
+            starts = counts.cumsum(0) - counts
+            per = counts[classes]
+            first = torch.repeat_interleave(starts[classes] - (per.cumsum(0) - per), per)
+            rows = first + torch.arange(len(first), device=first.device)
+            row_class = torch.repeat_interleave(torch.arange(len(classes), device=per.device), per)
+            weight, columns = weight[rows], len(classes)
         x = F.normalize(features, dim=-1).to(weight.dtype)
-        cosine = (x @ weight.T).view(x.shape[0], -1, self.num_synonyms).amax(dim=-1)
-        logits = cosine.float() * LOGIT_SCALE
+        cosine = (x @ weight.T).float()
+        best = cosine.new_full((x.shape[0], columns), -torch.inf)
+        best.scatter_reduce_(1, row_class.expand(x.shape[0], -1), cosine, "amax")
+        logits = best * LOGIT_SCALE
         return torch.cat([logits, logits.new_zeros(logits.shape[0], 1)], dim=1)
