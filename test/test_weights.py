@@ -227,12 +227,27 @@ def test_cli_list_and_verify(mobile_sam_path, tmp_path, capsys):
     assert "sam2clip_vith_rn50x16.pth" in err and "ovsam-coco" in err
 
 
-def test_a_stamp_that_cannot_be_written_only_costs_a_rehash(server, tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def warnings_of():
+    """What ovsam_ros.weights logs at WARNING, caught on that logger itself: ROS 2's launch package
+    (loaded with its pytest plugin) and the CLI's basicConfig change the root logging setup."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("ovsam_ros.weights")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_stamp_that_cannot_be_written_only_costs_a_rehash(server, tmp_path, monkeypatch, warnings_of):
     (tmp_path / weights.STAMP_NAME).mkdir()  # unwritable as a file, like a read-only weights folder
     entry = WeightFile("w.pth", _url(server), "test file", sha256=SHA, size=len(PAYLOAD))
-    with caplog.at_level(logging.WARNING, logger="ovsam_ros.weights"):  # whatever the root level is
-        path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
-    assert "cannot record the sha256 check" in caplog.text
+    path = fetch_file(entry, tmp_path, "test", offline=False, progress=False)
+    assert any("cannot record the sha256 check" in message for message in warnings_of)
     hashed = _counting_hashes(monkeypatch)
     assert fetch_file(entry, tmp_path, "test", offline=True) == path
     assert hashed == [path]
