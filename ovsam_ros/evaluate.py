@@ -7,7 +7,14 @@ mask at the image's original resolution and averaged over instances. With recogn
 predicted label is compared with the GT category (top-1), each image's categories being the
 vocabulary. A click's RoI for naming is the predicted mask's box, never the GT box (the predictor
 does that whenever a prompt has no box). Every image is encoded once; all its prompts are decoded
-in batches from the cached features.
+in batches from cached features.
+
+As the released ``InsClsIoUMetric`` defines them: ``IoU`` is the mean mask IoU over instances and
+``Acc`` the share of instances whose top-1 label is their GT category, both in percent; ``_b`` and
+``_n`` restrict the means to instances of base and of novel categories. The dataset's released split
+is applied by default (OV-COCO 48/17 on a COCO-class dataset, LVIS 866/337 on an LVIS-class one):
+instances of excluded categories are not evaluated, and those categories score -1000 in the fused
+log-scores, so they are never predicted, exactly as in the released protocol.
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ from tqdm import tqdm
 from ovsam_ros.predictor import Predictor
 from ovsam_ros.ros.image_conversions import ConversionError, strict_imdecode
 from ovsam_ros.vocab.base_classes import base_mask_for
-from ovsam_ros.vocab.vocabulary import Vocabulary, VocabularyError, data_file, normalise_name
+from ovsam_ros.vocab.class_splits import RELEASED_SPLITS, dataset_split, split_for
+from ovsam_ros.vocab.vocabulary import Vocabulary, VocabularyError, normalise_name
 
 PROMPTS = ("box", "point")
 BASE, NOVEL = "base", "novel"
-# Packaged splits: name -> (base-class file, novel-class file or None for "every other class").
-SPLITS = {"coco": ("coco", "coco_novel.txt"), "lvis": ("lvis", None)}
+AUTO, NO_SPLIT = "auto", "none"
+SPLIT_CHOICES = (AUTO, NO_SPLIT, *sorted(RELEASED_SPLITS))
 
 
 class EvalError(ValueError):
@@ -82,17 +90,15 @@ class EvalReport:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        """Mean IoU and top-1 accuracy over all instances and per group (base / novel), and per image."""
+        """``IoU`` and ``Acc`` (percent) over all instances and per group (``_b`` base, ``_n`` novel),
+        the instance counts, and the mean IoU per image (fraction)."""
         out: dict = {"prompt": self.prompt, "images": self.images, "instances": len(self.instances),
-                     **_means(self.instances)}
+                     **_means(self.instances, "")}
         for group in (BASE, NOVEL):
             members = [r for r in self.instances if r.group == group]
             if members:
-                means = _means(members)
                 out[f"instances_{group[0]}"] = len(members)
-                out[f"iou_{group[0]}"] = means["iou"]
-                if "acc" in means:
-                    out[f"acc_{group[0]}"] = means["acc"]
+                out.update(_means(members, f"_{group[0]}"))
         per_image: dict[int, list[float]] = defaultdict(list)
         for r in self.instances:
             per_image[r.image_id].append(r.iou)
@@ -106,11 +112,12 @@ class EvalReport:
                 "instances": [{**asdict(r), "correct": r.correct} for r in self.instances]}
 
 
-def _means(results: Sequence[InstanceResult]) -> dict[str, float]:
-    out = {"iou": float(np.mean([r.iou for r in results])) if results else float("nan")}
+def _means(results: Sequence[InstanceResult], suffix: str) -> dict[str, float]:
+    """``IoU<suffix>`` and, where the instances were named, ``Acc<suffix>``, both in percent."""
+    out = {f"IoU{suffix}": 100.0 * float(np.mean([r.iou for r in results])) if results else float("nan")}
     named = [r.correct for r in results if r.correct is not None]
     if named:
-        out["acc"] = float(np.mean(named))
+        out[f"Acc{suffix}"] = 100.0 * float(np.mean(named))
     return out
 
 
@@ -119,10 +126,16 @@ def _means(results: Sequence[InstanceResult]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Split:
-    """Category ids of the base (training) and novel classes; ids in neither are not evaluated."""
+    """Category ids of the base (training) and novel classes; ids in neither are excluded: not
+    evaluated, and never predicted (they score -1000, as in the released protocol)."""
 
     base: frozenset[int]
     novel: frozenset[int]
+    name: str = "custom"
+
+    def excluded_mask(self, cat_ids: Sequence[int]) -> np.ndarray:
+        """Bool ``[C]`` over the dataset's categories sorted by id: True where excluded."""
+        return np.array([c not in self.base and c not in self.novel for c in cat_ids], dtype=bool)
 
     def group(self, category_id: int) -> str | None:
         if category_id in self.base:
@@ -169,22 +182,26 @@ def make_split(
     base_ids: Sequence[int] = (),
     novel_ids: Sequence[int] = (),
 ) -> Split | None:
-    """A base/novel split from a packaged split name, class-name files or category ids (None: no split).
+    """A base/novel split from a released split name, class-name files or category ids (None: no split).
 
-    One side given: the other side is every remaining category. Both given: categories in neither
-    are left out (COCO's 65-class 48/17 protocol).
+    ``split``: ``"coco"`` / ``"lvis"`` (:mod:`ovsam_ros.vocab.class_splits`), ``"auto"`` (the released
+    split of the dataset's classes, if they are COCO or LVIS classes, unless files or ids are given)
+    or ``"none"``. One side given: the other side is every remaining category. Both given:
+    categories in neither are excluded (COCO's 65-class 48/17 protocol).
     """
     cat_ids, vocab = dataset_vocabulary(coco)
     base: set[int] | None = None
     novel: set[int] | None = None
-    if split is not None:
-        if split not in SPLITS:
-            raise EvalError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
-        checkpoint, novel_file = SPLITS[split]
-        mask = base_mask_for(vocab, checkpoint)
-        base = {cid for cid, is_base in zip(cat_ids, mask, strict=True) if is_base}
-        if novel_file is not None:
-            novel = _ids_named(vocab, cat_ids, data_file(novel_file), strict=False)
+    name = "custom"
+    if split == AUTO:
+        split = None if (base_classes or novel_classes or base_ids or novel_ids) else dataset_split(vocab)
+    if split not in (None, NO_SPLIT):
+        if split not in RELEASED_SPLITS:
+            raise EvalError(f"unknown split {split!r}; choose from {', '.join(SPLIT_CHOICES)}")
+        released = split_for(vocab, split)
+        base = {cid for cid, b in zip(cat_ids, released.base, strict=True) if b}
+        novel = {cid for cid, n in zip(cat_ids, released.novel, strict=True) if n}
+        name = split
     if base_classes is not None:
         base = (base or set()) | _ids_named(vocab, cat_ids, Path(base_classes))
     if novel_classes is not None:
@@ -202,7 +219,7 @@ def make_split(
     novel = set(cat_ids) - base if novel is None else novel
     if both := sorted(base & novel):
         raise EvalError(f"category id(s) both base and novel: {both[:10]}")
-    return Split(frozenset(base), frozenset(novel))
+    return Split(frozenset(base), frozenset(novel), name)
 
 
 # ---- prompts --------------------------------------------------------------------------------------
@@ -280,8 +297,9 @@ def evaluate(
     """Run the protocol over every image of ``annotations`` that has an evaluable instance.
 
     ``embeddings``: text embeddings ``[C, P, D]`` of the dataset's categories sorted by id (see
-    :func:`dataset_vocabulary`); given, the labels are scored too. ``base_mask``: bool ``[C]``, the
-    classes the checkpoint was trained on (for OVSAM's ensemble).
+    :func:`dataset_vocabulary`); given, the labels are scored too, and the categories ``split``
+    excludes are never predicted. ``base_mask``: bool ``[C]``, the classes the checkpoint was trained
+    on (for OVSAM's ensemble).
     """
     if prompt not in PROMPTS:
         raise EvalError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
@@ -290,8 +308,9 @@ def evaluate(
     coco = load_coco(annotations)
     cat_ids, vocab = dataset_vocabulary(coco)
     if embeddings is not None:
+        excluded = None if split is None else torch.as_tensor(split.excluded_mask(cat_ids))
         predictor.set_vocabulary(vocab.display_names, embeddings,
-                                 None if base_mask is None else torch.as_tensor(base_mask))
+                                 None if base_mask is None else torch.as_tensor(base_mask), excluded)
     report = EvalReport(prompt)
     started = time.perf_counter()
     image_ids = sorted(coco.getImgIds())[:max_images]
@@ -354,9 +373,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", choices=PROMPTS, default="box",
                    help="prompt per instance (default: %(default)s)")
     g = p.add_argument_group("base / novel split (reported as IoU_b, IoU_n, Acc_b, Acc_n)")
-    g.add_argument("--split", choices=sorted(SPLITS),
-                   help="packaged split: coco = OV-COCO 48 base / 17 novel (other classes left out); "
-                        "lvis = frequent + common base, rare novel")
+    g.add_argument("--split", choices=SPLIT_CHOICES, default=AUTO,
+                   help="released split: coco = OV-COCO 48 base / 17 novel (the other 15 classes excluded: "
+                        "not evaluated, never predicted); lvis = frequent + common base, rare novel; auto "
+                        "(default) = the released split of the dataset's classes, unless class files or "
+                        "ids are given; none = no split")
     g.add_argument("--base-classes", type=Path, metavar="FILE", help="base class names, one per line")
     g.add_argument("--novel-classes", type=Path, metavar="FILE", help="novel class names, one per line")
     g.add_argument("--base-ids", type=int, nargs="+", default=[], metavar="ID", help="base category ids")
@@ -415,7 +436,8 @@ def _run(args: argparse.Namespace) -> int:
                       args.batch_size, args.max_images, progress=not args.quiet)
     result = report.to_json()
     result["summary"].update(model=args.model, random_init=args.random_init, device=str(predictor.device),
-                             names=embeddings is not None, annotations=str(args.coco))
+                             names=embeddings is not None, annotations=str(args.coco),
+                             split=None if split is None else split.name)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

@@ -57,9 +57,11 @@ class Prediction:
     ``[N, M]`` (``iou_pred`` where present, else the stability score); ``mask_box`` ``[N, M, 4]`` the
     masks' boxes (x1/y1 exclusive, zeros when empty) and ``area`` ``[N, M]`` their pixel counts, both
     computed once from each mask's crop. ``logits`` ``[N, M, H, W]`` only with ``return_logits``.
-    With a vocabulary set: ``class_index``/``score`` ``[N]`` (best real class),
-    ``probs`` ``[N, C]`` over the real classes and ``background`` ``[N]``, computed on each prompt's
-    best mask (highest ``mask_score``).
+    With a vocabulary set: ``log_scores`` ``[N, C + 1]`` the recognizer's class log-scores (OVSAM's
+    ensemble: the released fused log-scores, background last, a split's excluded classes at -1000),
+    ``class_index``/``score`` ``[N]`` (best real class), ``probs`` ``[N, C]`` over the real classes
+    and ``background`` ``[N]`` (the softmax of ``log_scores``), computed on each prompt's best mask
+    (highest ``mask_score``).
     """
 
     masks: torch.Tensor
@@ -74,6 +76,7 @@ class Prediction:
     score: torch.Tensor | None = None
     probs: torch.Tensor | None = None
     background: torch.Tensor | None = None
+    log_scores: torch.Tensor | None = None
 
     def cpu(self) -> Prediction:
         """A copy with every tensor on the host."""
@@ -205,8 +208,9 @@ class Predictor:
     # ---- vocabulary -------------------------------------------------------------------------------
 
     def set_vocabulary(self, names: Sequence[str], embeddings: torch.Tensor,
-                       base_mask: torch.Tensor | None = None) -> None:
-        """Hand L2-normalised ``[C, P, D]`` text embeddings to the model's recognizer."""
+                       base_mask: torch.Tensor | None = None, excluded: torch.Tensor | None = None) -> None:
+        """Hand L2-normalised ``[C, P, D]`` text embeddings to the model's recognizer, with the base
+        classes of the checkpoint and the classes a split excludes (bool ``[C]`` each, optional)."""
         recognizer = self.model.recognizer
         if recognizer is None:
             raise InputError(f"{type(self.model).__name__} has no recognizer: this preset only segments "
@@ -217,12 +221,15 @@ class Predictor:
             raise InputError(f"embeddings must be [C={len(names)}, P, D={dim}], got {tuple(emb.shape)}")
         if not torch.isfinite(emb).all():
             raise InputError("embeddings contain NaN or infinite values")
-        if base_mask is not None:
-            base_mask = torch.as_tensor(base_mask, dtype=torch.bool)
-            if base_mask.shape != (len(names),):
-                raise InputError(f"base_mask must be [{len(names)}] bool, got {tuple(base_mask.shape)}")
-            base_mask = base_mask.to(self.device)
-        recognizer.set_text_embeddings(emb.to(self.device, torch.float32), base_mask)
+        masks = []
+        for name, mask in (("base_mask", base_mask), ("excluded", excluded)):
+            if mask is not None:
+                mask = torch.as_tensor(mask, dtype=torch.bool)
+                if mask.shape != (len(names),):
+                    raise InputError(f"{name} must be [{len(names)}] bool, got {tuple(mask.shape)}")
+                mask = mask.to(self.device)
+            masks.append(mask)
+        recognizer.set_text_embeddings(emb.to(self.device, torch.float32), *masks)
         self._names = list(names)
 
     @property
@@ -448,7 +455,8 @@ class Predictor:
                               mask_box=crops.boxes.view(n, m, 4), area=crops.area.view(n, m), logits=logits)
             if recognize and self.can_name:
                 chosen = low[torch.arange(len(low), device=low.device), score.argmax(dim=1)]
-                probs = self.recognize_masks(features, chosen, boxes, label_embedding)
+                pred.log_scores = self.class_log_scores(features, chosen, boxes, label_embedding)
+                probs = pred.log_scores.softmax(dim=-1)
                 pred.score, pred.class_index = probs[:, :-1].max(dim=1)
                 pred.probs, pred.background = probs[:, :-1], probs[:, -1]
         return pred
@@ -459,10 +467,11 @@ class Predictor:
         recognizer = self.model.recognizer
         return recognizer is not None and recognizer.num_classes > 0
 
-    def recognize_masks(self, features: ImageFeatures, low_res_logits: torch.Tensor,
-                        boxes: torch.Tensor | None = None,
-                        label_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """Class probabilities ``[K, C + 1]`` (last column background) of masks given by their
+    def class_log_scores(self, features: ImageFeatures, low_res_logits: torch.Tensor,
+                         boxes: torch.Tensor | None = None,
+                         label_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """The recognizer's class log-scores ``[K, C + 1]`` (last column background; for OVSAM's
+        ensemble the released fused log-scores, excluded classes at -1000) of masks given by their
         ``[K, 256, 256]`` low-res logits. ``boxes`` ``[K, 4]`` in the padded input frame, or None to
         use each predicted mask's box (clicks, everything and text candidates: a ground-truth box is
         never available on a robot). ``label_embedding`` comes from a decoder with a label token."""
@@ -474,6 +483,12 @@ class Predictor:
         features = self._checked_features(features)
         with torch.inference_mode(), self._autocast():
             return recognizer(features, low_res_logits.to(self.device), boxes, label_embedding).float()
+
+    def recognize_masks(self, features: ImageFeatures, low_res_logits: torch.Tensor,
+                        boxes: torch.Tensor | None = None,
+                        label_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities ``[K, C + 1]``: the softmax of :meth:`class_log_scores`."""
+        return self.class_log_scores(features, low_res_logits, boxes, label_embedding).softmax(dim=-1)
 
     def _instance(self, host: Prediction, row: int, prompt: Prompt) -> Instance:
         best = int(host.mask_score[row].argmax())

@@ -9,7 +9,7 @@ from torchvision.ops import roi_align
 
 from ovsam_ros.model.clip2sam import RoIInputError
 from ovsam_ros.model.clip_branch import ClipBranch
-from ovsam_ros.model.fusion import FusionInputError, fuse, mask_is_valid
+from ovsam_ros.model.fusion import EXCLUDED_SCORE, FusionInputError, fuse_log_scores, mask_is_valid
 
 
 def _attention_pool_by_hand(crops: torch.Tensor, pool: AttentionPool2d) -> torch.Tensor:
@@ -55,40 +55,64 @@ def test_clip_branch_rejects_batches_and_non_square_pools():
         ClipBranch(pool)
 
 
-def _released_fusion(head, clip, valid, base_mask):
-    """The released formula, literally: powers, product, log, 0/1 masks; then softmax."""
+def _released_fusion(head, clip, valid, base_mask, excluded=None):
+    """The released ``open_voc_inference``, literally: powers, product, log, 0/1 masks, then the
+    split's indicator (1 base, 2 novel, 0 excluded -> -1000)."""
     q, c = head.softmax(-1), clip.softmax(-1)
     seen = torch.cat([base_mask.float(), torch.ones(1)]) if base_mask is not None else torch.eye(
         head.shape[1])[-1]
     v = valid.float()[:, None]
     alpha, beta = 0.1 * v, 0.9 * v
     fused = (q ** (1 - alpha) * c ** alpha).log() * seen + (q ** (1 - beta) * c ** beta).log() * (1 - seen)
-    return fused.softmax(-1)
+    if excluded is not None:
+        indicator = torch.where(base_mask, 1, 2).masked_fill(excluded, 0)
+        fused[..., :-1][..., indicator == 0] = -1000.0
+    return fused
 
 
 @pytest.mark.parametrize("with_base", [True, False])
-def test_fusion_equals_the_released_formula(with_base):
+def test_fused_log_scores_equal_the_released_formula(with_base):
     gen = torch.Generator().manual_seed(1)
     head = torch.randn(4, 6, generator=gen) * 3
     clip = torch.randn(4, 6, generator=gen) * 3
     valid = torch.tensor([True, False, True, True])
     base = torch.tensor([True, True, False, True, False]) if with_base else None
-    got = fuse(head, clip, valid, base)
-    assert (got - _released_fusion(head, clip, valid, base)).abs().max().item() <= 1e-6
+    got = fuse_log_scores(head, clip, valid, base)
+    assert (got - _released_fusion(head, clip, valid, base)).abs().max().item() <= 1e-5
     # The empty-mask fallback: the head alone.
-    assert (got[1] - head[1].softmax(-1)).abs().max().item() <= 1e-6
+    assert (got[1] - head[1].log_softmax(-1)).abs().max().item() <= 1e-6
+
+
+def test_a_split_excludes_classes_with_the_released_sentinel():
+    gen = torch.Generator().manual_seed(2)
+    head = torch.randn(5, 9, generator=gen) * 4
+    clip = torch.randn(5, 9, generator=gen) * 4
+    clip[:, 6] = 30.0  # CLIP is sure of class 6, which the split leaves out
+    valid = torch.tensor([True, True, False, True, True])
+    base = torch.tensor([True, False, True, False, False, True, False, True])
+    excluded = torch.tensor([False, False, False, True, False, False, True, False])
+    got = fuse_log_scores(head, clip, valid, base, excluded)
+    want = _released_fusion(head, clip, valid, base, excluded)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert (got[:, [3, 6]] == EXCLUDED_SCORE).all()
+    probs = got.softmax(-1)
+    assert (probs[:, [3, 6]] == 0).all()  # never predicted, no probability mass
+    assert torch.allclose(probs.sum(-1), torch.ones(5), atol=1e-6)
+    assert not (probs[:, :-1].argmax(-1) == 6).any()
+    # without the split class 6 wins wherever CLIP counts
+    open_vocab = fuse_log_scores(head, clip, valid, base).softmax(-1)
+    assert (open_vocab[valid, :-1].argmax(-1) == 6).all()
 
 
 def test_fusion_lets_clip_name_a_novel_class_and_stays_finite_on_underflow():
     head = torch.tensor([[50.0, 0.0, 0.0, 10.0]])  # head: base class 0
     clip = torch.tensor([[0.0, 0.0, 200.0, 0.0]])  # CLIP: novel class 2, so sure that c underflows to 0
     base = torch.tensor([True, True, False])
-    probs = fuse(head, clip, torch.tensor([True]), base)
-    assert torch.isfinite(probs).all()
+    scores = fuse_log_scores(head, clip, torch.tensor([True]), base)
+    assert torch.isfinite(scores).all()
     assert _released_fusion(head, clip, torch.tensor([True]), base).isnan().any()  # log(0) * 0
-    assert probs[0, :-1].argmax().item() == 2
-    assert probs.sum().item() == pytest.approx(1.0, abs=1e-6)
-    alone = fuse(head, clip, torch.tensor([False]), base)
+    assert scores[0, :-1].argmax().item() == 2
+    alone = fuse_log_scores(head, clip, torch.tensor([False]), base)
     assert alone[0, :-1].argmax().item() == 0
 
 
@@ -101,9 +125,12 @@ def test_mask_validity_at_the_clip_grid():
 
 def test_fusion_rejects_mismatched_inputs():
     with pytest.raises(FusionInputError, match="C \\+ 1"):
-        fuse(torch.zeros(2, 5), torch.zeros(2, 6), torch.ones(2, dtype=torch.bool))
+        fuse_log_scores(torch.zeros(2, 5), torch.zeros(2, 6), torch.ones(2, dtype=torch.bool))
     with pytest.raises(FusionInputError, match="valid"):
-        fuse(torch.zeros(2, 5), torch.zeros(2, 5), torch.ones(3, dtype=torch.bool))
+        fuse_log_scores(torch.zeros(2, 5), torch.zeros(2, 5), torch.ones(3, dtype=torch.bool))
     with pytest.raises(FusionInputError, match="base_mask"):
-        fuse(torch.zeros(2, 5), torch.zeros(2, 5), torch.ones(2, dtype=torch.bool),
-             torch.ones(5, dtype=torch.bool))
+        fuse_log_scores(torch.zeros(2, 5), torch.zeros(2, 5), torch.ones(2, dtype=torch.bool),
+                        torch.ones(5, dtype=torch.bool))
+    with pytest.raises(FusionInputError, match="excluded"):
+        fuse_log_scores(torch.zeros(2, 5), torch.zeros(2, 5), torch.ones(2, dtype=torch.bool),
+                        excluded=torch.ones(3, dtype=torch.bool))

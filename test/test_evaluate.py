@@ -36,10 +36,10 @@ def test_box_prompts_reproduce_known_ious(box_report):
     assert summary["instances"] == 6 and summary["images"] == 3 and summary["skipped"] == {}
     first = [r.iou for r in box_report.instances if r.image_id == 1]
     np.testing.assert_allclose(first, [0.95, 0.95, 0.90], atol=0.02)
-    assert summary["iou"] >= 0.90
-    assert summary["iou"] == pytest.approx(np.mean([r.iou for r in box_report.instances]))
+    assert summary["IoU"] >= 90.0
+    assert summary["IoU"] == pytest.approx(100 * np.mean([r.iou for r in box_report.instances]))
     assert set(summary["iou_per_image"]) == {"1", "3", "4"}
-    assert "acc" not in summary  # MobileSAM alone does not name masks
+    assert "Acc" not in summary  # MobileSAM alone does not name masks
     ann = next(r for r in box_report.instances if r.ann_id == 11)
     assert ann.prompt == [227.0, 259.0, 444.0, 424.0]  # COCO xywh -> xyxy, the GT box itself
 
@@ -50,7 +50,7 @@ def test_point_prompts_lower_but_sane(predictor, bear, box_report):
     report = ev.evaluate(predictor, bear.annotations, bear.image_dir, "point", progress=False)
     summary = report.summary()
     assert summary["instances"] == 6
-    assert 0.15 < summary["iou"] < box_report.summary()["iou"]
+    assert 15.0 < summary["IoU"] < box_report.summary()["IoU"]
     coco = ev.load_coco(bear.annotations)
     for r in report.instances:
         x, y = (int(v) for v in r.prompt)
@@ -64,8 +64,8 @@ def test_split_reports_groups(box_report):
     summary = split.summary()
     assert summary["instances_b"] == 3 and summary["instances_n"] == 3
     base = [r.iou for r in box_report.instances if r.image_id == 1]
-    assert summary["iou_b"] == pytest.approx(np.mean(base))
-    assert summary["iou"] == pytest.approx(box_report.summary()["iou"])
+    assert summary["IoU_b"] == pytest.approx(100 * np.mean(base))
+    assert summary["IoU"] == pytest.approx(box_report.summary()["IoU"])
 
 
 @pytest.mark.slow
@@ -88,9 +88,46 @@ def test_naming_accuracy(mobile_sam_path, bear):
     assert len(report.instances) == 3
     assert all(r.predicted_category_id in (1, 2) for r in report.instances)
     summary = report.summary()
-    assert summary["acc"] == pytest.approx(np.mean([r.correct for r in report.instances]))
-    assert summary["acc_b"] == summary["acc"] and "acc_n" not in summary
+    assert summary["Acc"] == pytest.approx(100 * np.mean([r.correct for r in report.instances]))
+    assert summary["Acc_b"] == summary["Acc"] and "Acc_n" not in summary
     assert named.class_names == ["xiaoduxiong", "toy"]
+
+
+@pytest.mark.slow
+def test_coco_protocol_excludes_classes_from_evaluation_and_from_prediction(mobile_sam_path, bear, tmp_path):
+    """The real toys of photo 1 relabelled as COCO classes: "teddy bear" is one of the 15 classes
+    OV-COCO 48/17 excludes, "dog" novel, "bear" base. The excluded class is given every other class's
+    embedding as a synonym, so without the split it wins every instance (max over synonyms); with the
+    dataset's split (auto) its instance is not evaluated and it is never predicted."""
+    import torch
+
+    from ovsam_ros.model.feature_crop import build_feature_crop
+
+    data = json.loads(bear.annotations.read_text())
+    data["categories"] = [{"id": 1, "name": "teddy bear"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bear"}]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] == 1]
+    for ann, cat in zip(data["annotations"], (1, 2, 3), strict=True):
+        ann["category_id"] = cat
+    annotations = tmp_path / "coco-classes.json"
+    annotations.write_text(json.dumps(data))
+    coco = ev.load_coco(annotations)
+    split = ev.make_split(coco, "auto")
+    assert (split.name, split.base, split.novel) == ("coco", {3}, {2})
+    recognizer = build_feature_crop("RN50", random_init=True)[0]
+    named = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
+    dog, bear_ = torch.nn.functional.normalize(torch.randn(2, recognizer.embed_dim), dim=-1)
+    embeddings = torch.stack([torch.stack([dog, bear_]), torch.stack([dog, dog]), torch.stack([bear_, bear_])])
+    open_vocab = ev.evaluate(named, annotations, bear.image_dir, "box", None, embeddings, progress=False)
+    assert [r.predicted_category_id for r in open_vocab.instances] == [1, 1, 1]
+    report = ev.evaluate(named, annotations, bear.image_dir, "box", split, embeddings, progress=False)
+    assert report.skipped == {"outside split": 1} and len(report.instances) == 2
+    assert {r.predicted_category_id for r in report.instances} <= {2, 3}
+    summary = report.summary()
+    assert summary["instances_b"] == summary["instances_n"] == 1
+    for group, suffix in ((ev.BASE, "_b"), (ev.NOVEL, "_n")):
+        (member,) = [r for r in report.instances if r.group == group]
+        assert summary[f"IoU{suffix}"] == pytest.approx(100 * member.iou)
+        assert summary[f"Acc{suffix}"] == (100.0 if member.correct else 0.0)
 
 
 @pytest.mark.slow
@@ -103,8 +140,8 @@ def test_main_writes_json(bear, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
     assert printed == saved["summary"]
-    assert printed["model"] == "mobilesam" and printed["instances"] == 3 and printed["iou_b"] >= 0.9
-    assert printed["instances_b"] == 3 and "iou_n" not in printed  # category 2 has no instance here
+    assert printed["model"] == "mobilesam" and printed["instances"] == 3 and printed["IoU_b"] >= 90.0
+    assert printed["instances_b"] == 3 and "IoU_n" not in printed  # category 2 has no instance here
     assert [r["ann_id"] for r in saved["instances"]] == [11, 12, 13]
 
 
@@ -146,7 +183,12 @@ def test_packaged_coco_split(tmp_path):
     """OV-COCO 48/17: person, giraffe base; airplane, bus, cow novel."""
     coco = ev.load_coco(_write_coco(tmp_path, COCO_CATS, []))
     split = ev.make_split(coco, split="coco")
-    assert split.base == {1, 4} and split.novel == {2, 3, 5}
+    assert split.base == {1, 4} and split.novel == {2, 3, 5} and split.name == "coco"
+    assert ev.make_split(coco, split="auto") == split  # every category is a COCO class
+    assert ev.make_split(coco, split="none") is None
+    assert ev.make_split(coco, split="auto", base_ids=[1]).name == "custom"  # ids given: no auto split
+    lvis = ev.make_split(coco, split="lvis")
+    assert lvis.base | lvis.novel == {1, 2, 3, 4, 5} and not lvis.excluded_mask([1, 2, 3, 4, 5]).any()
 
 
 @pytest.mark.parametrize("kwargs, message", [

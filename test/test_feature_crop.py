@@ -115,7 +115,7 @@ def test_mask_is_named_by_the_class_built_from_its_region(recognizer):
     text = F.normalize(torch.stack([torch.stack([decoy, right]), torch.stack([left, left])]), dim=-1)
     recognizer.set_text_embeddings(text)
     assert recognizer.num_classes == 2
-    probs = recognizer(features, _half_masks())
+    probs = recognizer(features, _half_masks()).exp()  # log-probabilities
     assert probs.shape == (2, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
     assert probs[:, :2].argmax(-1).tolist() == [1, 0]
@@ -128,7 +128,7 @@ def test_empty_mask_goes_to_background(recognizer):
     (dense,) = recognizer.encode_image(_two_region_image())
     recognizer.set_text_embeddings(F.normalize(torch.randn(3, 1, 16), dim=-1))
     logits = torch.cat([_half_masks()[:1], torch.full((1, SIZE // 4, SIZE // 4), -3.0)])
-    probs = recognizer(ImageFeatures(embedding=torch.zeros(1), clip_levels=(dense,)), logits)
+    probs = recognizer(ImageFeatures(embedding=torch.zeros(1), clip_levels=(dense,)), logits).exp()
     assert probs[1].tolist() == [0.0, 0.0, 0.0, 1.0]
     assert probs[0, :3].sum() > 0
 

@@ -20,7 +20,7 @@ from ovsam_ros.model.checkpoints import CheckpointError, read_state_dict
 from ovsam_ros.model.classifier import EmbeddingError
 from ovsam_ros.model.clip2sam import RoIInputError, mask_boxes
 from ovsam_ros.model.clip_backbone import ClipImageTower, ClipInputError
-from ovsam_ros.model.fusion import fuse, mask_is_valid
+from ovsam_ros.model.fusion import EXCLUDED_SCORE, fuse_log_scores, mask_is_valid
 from ovsam_ros.model.ovsam import OVSAMSegmenter, build_ovsam, load_clip2sam
 from ovsam_ros.model.ovsam_decoder import DecoderInputError
 from ovsam_ros.model.sam2clip import Sam2Clip
@@ -127,16 +127,16 @@ def test_recognizer_modes_and_the_box_each_branch_uses(tiny, tiny_features):
             rec.set_mode(mode)
             results[mode] = (rec(tiny_features, lr, prompt_boxes, label), rec(tiny_features, lr))
         rec.set_mode("ensemble")
-    assert torch.allclose(results["head"][0], head_logits.softmax(-1), atol=1e-6)
-    assert torch.allclose(results["clip"][0], clip_prompt.softmax(-1), atol=1e-6)  # prompt box
-    assert torch.allclose(results["clip"][1], clip_mask.softmax(-1), atol=1e-6)  # the mask's box
+    # a single branch returns its logits, as the released open_voc_inference does
+    assert torch.allclose(results["head"][0], head_logits, atol=1e-6)
+    assert torch.allclose(results["clip"][0], clip_prompt, atol=1e-6)  # prompt box
+    assert torch.allclose(results["clip"][1], clip_mask, atol=1e-6)  # the mask's box
     valid = mask_is_valid(lr, (32, 32))
     assert valid.tolist() == [True, True, False]
-    assert torch.allclose(results["ensemble"][0], fuse(head_logits, clip_prompt, valid, base), atol=1e-6)
     ens = results["ensemble"][0]
+    assert torch.allclose(ens, fuse_log_scores(head_logits, clip_prompt, valid, base), atol=1e-6)
     assert ens.shape == (3, 7)
-    assert torch.allclose(ens.sum(-1), torch.ones(3), atol=1e-5)
-    assert torch.allclose(ens[2], head_logits[2].softmax(-1), atol=1e-6)  # empty mask: the head alone
+    assert torch.allclose(ens[2], head_logits[2].log_softmax(-1), atol=1e-6)  # empty mask: the head alone
 
 
 def test_recognizer_subset_label_term_and_errors(tiny, tiny_features):
@@ -152,11 +152,11 @@ def test_recognizer_subset_label_term_and_errors(tiny, tiny_features):
         poisoned = rec(tiny_features, lr, label_embedding=torch.full((3, EMBED), float("inf")))
         rec.set_mode("ensemble")
         clip_sub = rec.classifier(rec.clip_branch(tiny_features.clip_levels[4], mask_boxes(lr)), idx)
-    want = fuse(torch.cat([full_head[:, [3, 0]], full_head[:, -1:]], 1), clip_sub,
-                mask_is_valid(lr, (32, 32)), base[[3, 0]])
+    want = fuse_log_scores(torch.cat([full_head[:, [3, 0]], full_head[:, -1:]], 1), clip_sub,
+                           mask_is_valid(lr, (32, 32)), base[[3, 0]])
     assert sub.shape == (3, 3)
     assert torch.allclose(sub, want, atol=1e-6)
-    assert poisoned.isnan().all()  # 0 * inf: the released label term propagates a broken label MLP
+    assert poisoned[:, :-1].isnan().all()  # 0 * inf: the released label term propagates a broken label MLP
     with pytest.raises(RoIInputError, match="P2, P3"):
         rec(ImageFeatures(tiny_features.embedding, tiny_features.clip_levels[:4]), lr)
     with pytest.raises(RoIInputError, match="prompt boxes"):
@@ -258,19 +258,26 @@ def test_full_forward_at_1024(model, encoded):
             assert torch.isfinite(out.low_res_logits).all()
         rec = model.recognizer
         base = torch.tensor([True, True, False, True, False])
-        rec.set_text_embeddings(_unit(5, 3, 768, seed=7), base)
+        excluded = torch.tensor([False, False, False, False, True])
         low_res = torch.cat([point.low_res_logits[:, 0], box.low_res_logits[:, 0]])
         label = torch.cat([point.label_embedding, box.label_embedding])
         boxes = torch.cat([mask_boxes(point.low_res_logits[:, 0]), box_prompt])
-        probs = {}
-        for mode in ("head", "clip", "ensemble"):
-            rec.set_mode(mode)
-            probs[mode] = rec(encoded, low_res, boxes, label)
+        scores = {}
+        for split in (None, excluded):
+            rec.set_text_embeddings(_unit(5, 3, 768, seed=7), base, split)
+            for mode in ("head", "clip", "ensemble"):
+                rec.set_mode(mode)
+                scores[mode, split is not None] = rec(encoded, low_res, boxes, label)
         rec.set_mode("ensemble")
-    for p in probs.values():
+    for (_, with_split), p in scores.items():
         assert p.shape == (2, 6)
         assert torch.isfinite(p).all()
-        assert torch.allclose(p.sum(-1), torch.ones(2), atol=1e-5)
-    valid = mask_is_valid(low_res, (32, 32))
-    want = fuse(probs["head"].log(), probs["clip"].log(), valid, base)
-    assert torch.allclose(probs["ensemble"], want, atol=1e-5)
+        assert (p[:, 4] == EXCLUDED_SCORE).all() == with_split
+    # the released fusion written out (open_voc_inference) on the two branches' own logits
+    q, c = scores["head", False].softmax(-1), scores["clip", False].softmax(-1)
+    valid = mask_is_valid(low_res, (32, 32)).float()[:, None]
+    seen = torch.cat([base.float(), torch.ones(1)])
+    alpha, beta = 0.1 * valid, 0.9 * valid
+    want = (q ** (1 - alpha) * c ** alpha).log() * seen + (q ** (1 - beta) * c ** beta).log() * (1 - seen)
+    want[:, 4] = -1000.0
+    assert (scores["ensemble", True] - want).abs().max().item() <= 1e-5

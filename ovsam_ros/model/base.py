@@ -55,15 +55,18 @@ class DecoderOutput:
 
 
 class Recognizer(nn.Module):
-    """Names masks: returns class probabilities ``[N, C + 1]`` (last column = background).
+    """Names masks: returns class log-scores ``[N, C + 1]`` (last column = background) whose softmax
+    is the class probabilities.
 
-    ``set_text_embeddings`` takes L2-normalised ``[C, P, D]`` text embeddings (P synonyms per class)
-    and an optional bool ``[C]`` mask of the checkpoint's base (training) classes.
+    ``set_text_embeddings`` takes L2-normalised ``[C, P, D]`` text embeddings (P synonyms per class),
+    an optional bool ``[C]`` mask of the checkpoint's base (training) classes, and an optional bool
+    ``[C]`` mask of classes a split excludes (they score -1000, as in the released evaluation).
     """
 
     embed_dim: int
 
-    def set_text_embeddings(self, embeddings: torch.Tensor, base_mask: torch.Tensor | None = None) -> None:
+    def set_text_embeddings(self, embeddings: torch.Tensor, base_mask: torch.Tensor | None = None,
+                            excluded: torch.Tensor | None = None) -> None:
         raise NotImplementedError
 
     @property
@@ -80,7 +83,7 @@ class Recognizer(nn.Module):
         """``low_res_logits`` ``[N, 256, 256]`` (the chosen mask per prompt); ``prompt_boxes``
         ``[N, 4]`` in the padded input frame, or None where the prompt had no box (then the box of
         the predicted mask is used); ``label_embedding`` is ``DecoderOutput.label_embedding``
-        (recognizers without a use for it ignore it). Returns probabilities ``[N, C + 1]``."""
+        (recognizers without a use for it ignore it). Returns log-scores ``[N, C + 1]``."""
         raise NotImplementedError
 
 

@@ -22,6 +22,7 @@ from .base import ImageFeatures, Recognizer, Segmenter
 from .checkpoints import CheckpointError
 from .classifier import TextClassifier
 from .clip_backbone import ClipTextTower, load_openai_clip
+from .fusion import exclude_classes
 
 
 class FeatureCropError(ValueError):
@@ -74,6 +75,7 @@ class FeatureCropRecognizer(Recognizer):
         self.visual = visual
         self.embed_dim = visual.output_dim
         self.classifier = TextClassifier(self.embed_dim)
+        self.register_buffer("excluded", None, persistent=False)
         # SAM-normalised x -> CLIP-normalised: (x * std_sam + mean_sam) / 255 - mean_clip) / std_clip
         scale = torch.tensor(pixel_std) / 255.0 / torch.tensor(clip_std)
         shift = (torch.tensor(pixel_mean) / 255.0 - torch.tensor(clip_mean)) / torch.tensor(clip_std)
@@ -87,9 +89,15 @@ class FeatureCropRecognizer(Recognizer):
         """Stays in eval mode: the CLIP tower is frozen (BatchNorm statistics included)."""
         return super().train(False)
 
-    def set_text_embeddings(self, embeddings: torch.Tensor, base_mask: torch.Tensor | None = None) -> None:
-        """``base_mask`` is ignored: the baseline has no training classes to treat differently."""
+    def set_text_embeddings(self, embeddings: torch.Tensor, base_mask: torch.Tensor | None = None,
+                            excluded: torch.Tensor | None = None) -> None:
+        """``base_mask`` is ignored: the baseline has no training classes to treat differently.
+        ``excluded`` classes score -1000 (a split's left-out classes, as in the released protocol)."""
+        if excluded is not None and (excluded.dtype != torch.bool or excluded.shape != embeddings.shape[:1]):
+            raise ValueError(f"excluded must be bool [{embeddings.shape[0]}], got {excluded.dtype} "
+                             f"{tuple(excluded.shape)}")
         self.classifier.set_embeddings(embeddings)
+        self.excluded = None if excluded is None else excluded.to(self.classifier.weight.device)
 
     @property
     def num_classes(self) -> int:
@@ -142,9 +150,9 @@ class FeatureCropRecognizer(Recognizer):
         prompt_boxes: torch.Tensor | None = None,
         label_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Probabilities ``[N, C + 1]``. Only the mask is used (``prompt_boxes`` is ignored: a feature
-        crop needs no box; ``label_embedding`` too: SAM's decoder has no label token). A mask with no
-        positive pixel names nothing: all mass on background."""
+        """Log-probabilities ``[N, C + 1]``. Only the mask is used (``prompt_boxes`` is ignored: a
+        feature crop needs no box; ``label_embedding`` too: SAM's decoder has no label token). A mask
+        with no positive pixel names nothing: all mass on background."""
         if len(features.clip_levels) != 1 or features.clip_levels[0].dim() != 4:
             raise FeatureCropError("ImageFeatures.clip_levels must hold the one dense map from encode_image")
         dense = features.clip_levels[0]
@@ -153,10 +161,10 @@ class FeatureCropRecognizer(Recognizer):
         if low_res_logits.dim() != 3:
             raise FeatureCropError(f"low_res_logits must be [N, H, W], got {tuple(low_res_logits.shape)}")
         pooled, covered = self.pool_masks(dense, low_res_logits > 0)
-        probs = self.classifier(pooled).softmax(dim=-1)
-        background = torch.zeros_like(probs)
-        background[:, -1] = 1.0
-        return torch.where(covered[:, None], probs, background)
+        scores = exclude_classes(self.classifier(pooled), self.excluded).log_softmax(dim=-1)
+        background = torch.full_like(scores, -torch.inf)
+        background[:, -1] = 0.0
+        return torch.where(covered[:, None], scores, background)
 
 
 def build_feature_crop(

@@ -23,7 +23,7 @@ from ovsam_ros.model.classifier import TextClassifier
 from ovsam_ros.model.clip2sam import FPN, RoIHead, RoIInputError, mask_boxes
 from ovsam_ros.model.clip_backbone import ClipImageTower, ClipInputError, build_clip_towers
 from ovsam_ros.model.clip_branch import ClipBranch
-from ovsam_ros.model.fusion import fuse, mask_is_valid
+from ovsam_ros.model.fusion import exclude_classes, fuse_log_scores, mask_is_valid
 from ovsam_ros.model.ovsam_decoder import DecoderInputError, OVSAMMaskDecoder
 from ovsam_ros.model.sam2clip import Sam2Clip, load_sam2clip
 
@@ -52,6 +52,7 @@ class OVSAMRecognizer(Recognizer):
         self.clip_branch = ClipBranch(attnpool)
         self.classifier = TextClassifier(embed_dim)
         self.register_buffer("base_mask", None, persistent=False)
+        self.register_buffer("excluded", None, persistent=False)
         self.mode = ""
         self.set_mode(mode)
 
@@ -60,15 +61,19 @@ class OVSAMRecognizer(Recognizer):
             raise ValueError(f"unknown recognition mode {mode!r}; choose from {RECOGNITION_MODES}")
         self.mode = mode
 
-    def set_text_embeddings(self, embeddings: torch.Tensor, base_mask: torch.Tensor | None = None) -> None:
+    def set_text_embeddings(self, embeddings: torch.Tensor, base_mask: torch.Tensor | None = None,
+                            excluded: torch.Tensor | None = None) -> None:
         """``[C, P, D]`` L2-normalised embeddings; ``base_mask`` bool ``[C]`` marks the classes the head
-        was trained on (None: none are, so the ensemble leans on CLIP for every class)."""
-        if base_mask is not None and (base_mask.dtype != torch.bool
-                                      or base_mask.shape != embeddings.shape[:1]):
-            raise ValueError(f"base_mask must be bool [{embeddings.shape[0]}], got {base_mask.dtype} "
-                             f"{tuple(base_mask.shape)}")
+        was trained on (None: none are, so the ensemble leans on CLIP for every class); ``excluded``
+        bool ``[C]`` the classes a split leaves out (never predicted, see :mod:`.fusion`)."""
+        for name, mask in (("base_mask", base_mask), ("excluded", excluded)):
+            if mask is not None and (mask.dtype != torch.bool or mask.shape != embeddings.shape[:1]):
+                raise ValueError(f"{name} must be bool [{embeddings.shape[0]}], got {mask.dtype} "
+                                 f"{tuple(mask.shape)}")
         self.classifier.set_embeddings(embeddings)
-        self.base_mask = None if base_mask is None else base_mask.to(self.classifier.weight.device)
+        device = self.classifier.weight.device
+        self.base_mask = None if base_mask is None else base_mask.to(device)
+        self.excluded = None if excluded is None else excluded.to(device)
 
     @property
     def num_classes(self) -> int:
@@ -86,8 +91,12 @@ class OVSAMRecognizer(Recognizer):
         label_embedding: torch.Tensor | None = None,
         classes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Probabilities ``[N, C + 1]`` (background last). ``classes`` (from
-        ``classifier.class_indices``) restricts the vocabulary: ``[N, len(classes) + 1]``."""
+        """Class log-scores ``[N, C + 1]`` (background last) as the released ``open_voc_inference``
+        returns them: the fused log-scores in ensemble mode, the branch's logits in head or clip mode;
+        their softmax is the class probabilities. A split's excluded classes score -1000 in every mode
+        (the release applies its split only to the fusion; a split here means the same whatever the
+        mode). ``classes`` (from ``classifier.class_indices``)
+        restricts the vocabulary: ``[N, len(classes) + 1]``."""
         if len(features.clip_levels) != 5:
             raise RoIInputError(f"OVSAM recognition needs (P2, P3, P4, P5, C5) from OVSAMSegmenter.encode, "
                                 f"got {len(features.clip_levels)} tensors")
@@ -105,15 +114,16 @@ class OVSAMRecognizer(Recognizer):
         if self.mode != "head":
             clip_box = mask_box if prompt_boxes is None else prompt_boxes
             clip_logits = self.classifier(self.clip_branch(c5, clip_box), classes)
+        base, excluded = self.base_mask, self.excluded
+        if classes is not None:
+            base = None if base is None else base[classes]
+            excluded = None if excluded is None else excluded[classes]
         if clip_logits is None:
-            return head_logits.softmax(dim=-1)
+            return exclude_classes(head_logits, excluded)
         if head_logits is None:
-            return clip_logits.softmax(dim=-1)
-        base = self.base_mask
-        if base is not None and classes is not None:
-            base = base[classes]
+            return exclude_classes(clip_logits, excluded)
         valid = mask_is_valid(low_res_logits, tuple(c5.shape[-2:]))
-        return fuse(head_logits, clip_logits, valid, base)
+        return fuse_log_scores(head_logits, clip_logits, valid, base, excluded)
 
 
 class OVSAMSegmenter(Segmenter):
