@@ -329,7 +329,6 @@ def export_vocabulary(label: str, spec: str | None, instances: list[Instance]) -
     (name and content hash match). Otherwise one built from the names seen, re-indexing the instances
     (a class-agnostic "object" category when nothing was named)."""
     from ovsam_ros.pipeline import load_vocabulary
-    from ovsam_ros.recognition import UNKNOWN
     from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
 
     if spec:
@@ -339,7 +338,7 @@ def export_vocabulary(label: str, spec: str | None, instances: list[Instance]) -
         vocab = Vocabulary.from_name(name)
         if vocab.label == label:
             return vocab
-    seen = sorted({i.label for i in instances if i.label and i.label != UNKNOWN})
+    seen = sorted({i.label for i in instances if i.label})
     names = seen or ["object"]
     for inst in instances:
         inst.class_index = names.index(inst.label) if inst.label in names else (-1 if seen else 0)

@@ -1,9 +1,10 @@
 """Results as a COCO instances file, so standard tools (pycocotools, FiftyOne, CVAT) can read them.
 
-Category ids are ``class_index + 1`` in the vocabulary (COCO ids start at 1); instances named "unknown"
-(class_index -1) get category 0, listed as "unknown" only when used. Masks are COCO RLE from pycocotools
-with ``counts`` as text, boxes COCO ``[x, y, w, h]``. Each annotation also carries the instance's
-``score``, ``top_k``, ``mask_score`` and ``prompt_id``, so the file doubles as a detection-results file.
+Category ids are ``class_index + 1`` in the vocabulary (COCO ids start at 1); unnamed instances
+(label "", class_index -1) get category 0, listed as "unlabeled" (LabelInfo's name) only when used.
+Masks are COCO RLE from pycocotools with ``counts`` as text, boxes COCO ``[x, y, w, h]``. Each
+annotation also carries the instance's ``score``, ``top_k``, ``mask_score`` and ``prompt_id``, so
+the file doubles as a detection-results file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pycocotools import mask as mask_utils
 from ovsam_ros.results import Instance
 from ovsam_ros.vocab.vocabulary import Vocabulary
 
-UNKNOWN_CATEGORY = {"id": 0, "name": "unknown", "supercategory": ""}
+UNLABELED_CATEGORY = {"id": 0, "name": "unlabeled", "supercategory": ""}
 
 ImageResult = tuple[int, str, int, int, list[Instance]]
 
@@ -73,7 +74,7 @@ def to_coco(results: Iterable[ImageResult], vocab: Vocabulary) -> dict:
             annotations.append(_annotation(inst, len(annotations) + 1, int(image_id), height, width, vocab))
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(vocab.display_names)]
     if any(a["category_id"] == 0 for a in annotations):
-        categories.insert(0, UNKNOWN_CATEGORY)
+        categories.insert(0, UNLABELED_CATEGORY)
     return {
         "info": {"description": f"ovsam_ros instances, vocabulary {vocab.label}"},
         "images": images,

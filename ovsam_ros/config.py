@@ -101,7 +101,8 @@ class VocabConfig(_Section):
     top_k: int = _param(5, "how many (name, probability) pairs each instance carries",
                         range=(1, 100), dynamic=True)
     score_threshold: float = _param(0.0, "top-1 probability below which an instance is unnamed "
-                                         "(label '', class_index -1)", range=(0.0, 1.0), dynamic=True)
+                                         "(label '', class_index -1, no hypotheses in Detection2D or "
+                                         "top-k, 65535 in the class image)", range=(0.0, 1.0), dynamic=True)
     text_threshold: float = _param(0.3, "probability a candidate mask needs to answer a text query",
                                    range=(0.0, 1.0), dynamic=True)
 

@@ -374,7 +374,7 @@ def name_candidates(
     vocabulary: Vocabulary | None = None,
     vocab_config: VocabConfig | None = None,
 ) -> list[Naming] | None:
-    """One :class:`Naming` per candidate (top-k, "unknown" below the score threshold), or None when
+    """One :class:`Naming` per candidate (top-k; unnamed below the score threshold), or None when
     recognition is off."""
     if not predictor.can_name:
         return None

@@ -1,9 +1,14 @@
-"""From class probabilities to names: top-k, an "unknown" threshold, and restriction to a subset.
+"""From class probabilities to names: top-k, the naming threshold, and restriction to a subset.
 
 The recognizer returns probabilities ``[N, C + 1]`` whose last column is background. As in the released
 model, the label is the argmax over the real classes (background never wins), and its probability stays
 the softmax value including background, so a low score still says "probably not an object of this
 vocabulary". Everything runs on the probabilities' device with one transfer to the host at the end.
+
+The no-name contract, the same in every output (InstanceArray, Detection2D, the class image, the CLI
+JSON, COCO export): an instance whose top-1 probability is below the threshold is unnamed, with
+label ``""`` (:data:`UNNAMED`), class_index -1, no top-k hypotheses, and its top-1 probability kept
+as ``score`` so a consumer can see how far below the threshold it was.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from ovsam_ros.vocab.vocabulary import Vocabulary, normalise_name
 
-UNKNOWN = "unknown"
+UNNAMED = ""
 
 
 class RecognitionError(ValueError):
@@ -25,7 +30,8 @@ class RecognitionError(ValueError):
 
 @dataclass(frozen=True)
 class Naming:
-    """The name given to one instance. ``class_index`` indexes the full vocabulary; -1 for "unknown"."""
+    """The name given to one instance. ``class_index`` indexes the full vocabulary; -1 (label ``""``,
+    no top-k) when unnamed."""
 
     label: str
     class_index: int
@@ -55,10 +61,11 @@ def name_instances(
 ) -> list[Naming]:
     """One :class:`Naming` per row of ``probs`` ``[N, C + 1]`` (last column background).
 
-    ``score_threshold``: a best probability below it gives label "unknown" and class_index -1 (top_k is
-    kept). ``subset``: class names, or vocabulary indices from :func:`subset_indices`; only those classes
-    compete, with probabilities renormalised over the subset plus background, i.e. what the classifier
-    would give had the vocabulary held only the subset (background keeps its logit of 0).
+    ``score_threshold``: a best probability below it leaves the instance unnamed (label ``""``,
+    class_index -1, empty top_k; ``score`` is still that probability). ``subset``: class names, or
+    vocabulary indices from :func:`subset_indices`; only those classes compete, with probabilities
+    renormalised over the subset plus background, i.e. what the classifier would give had the
+    vocabulary held only the subset (background keeps its logit of 0).
     """
     if probs.ndim != 2 or probs.shape[1] != len(vocab) + 1:
         raise RecognitionError(
@@ -93,7 +100,7 @@ def name_instances(
         best = float(row_values[0])
         ranked = [(names[i], float(v)) for i, v in zip(row_indices, row_values, strict=True)]
         if best < score_threshold:
-            namings.append(Naming(UNKNOWN, -1, best, ranked))
+            namings.append(Naming(UNNAMED, -1, best, []))
         else:
             namings.append(Naming(names[row_indices[0]], int(row_indices[0]), best, ranked))
     return namings

@@ -20,7 +20,9 @@ class Instance:
     ``bbox`` is the box of the mask, ``[x0, y0, x1, y1]`` with x1/y1 exclusive (pixels).
     ``mask_score`` is the mask-quality score (SAM's predicted IoU where the decoder has an IoU
     head, else the stability score). ``label``/``class_index``/``score`` are empty/-1/0 when
-    recognition is off; ``top_k`` holds ``(name, probability)`` pairs, best first.
+    recognition is off; ``top_k`` holds ``(name, probability)`` pairs, best first. Below the naming
+    threshold an instance is unnamed (:mod:`ovsam_ros.recognition`): label "", class_index -1,
+    no top_k, ``score`` its top-1 probability.
     """
 
     mask: np.ndarray

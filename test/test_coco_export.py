@@ -18,7 +18,7 @@ VOCAB = Vocabulary.from_names(["toy robot, xiaoduxiong", "mug", "screwdriver"], 
 
 
 def instance(mask: np.ndarray, class_index: int = 0, prompt_id: str = "p") -> Instance:
-    label = VOCAB.display_names[class_index] if class_index >= 0 else "unknown"
+    label = VOCAB.display_names[class_index] if class_index >= 0 else ""
     return Instance(mask=mask, bbox=mask_bbox(mask), mask_score=0.9, prompt_kind=PromptKind.BOX,
                     prompt_id=prompt_id, id=f"i-{prompt_id}", label=label, class_index=class_index,
                     score=0.75, top_k=[(label, 0.75), ("mug", 0.2)])
@@ -56,11 +56,11 @@ def test_round_trip_through_pycocotools(bear_results, tmp_path):
     assert len(detections.getAnnIds()) == 6
 
 
-def test_categories_and_unknown():
+def test_categories_and_unnamed():
     mask = np.zeros((4, 5), dtype=bool)
     mask[1:3, 2:4] = True
     data = to_coco([(7, "a.png", 4, 5, [instance(mask, 2, "a"), instance(mask, -1, "b")])], VOCAB)
-    assert [c["id"] for c in data["categories"]] == [0, 1, 2, 3]
+    assert [(c["id"], c["name"]) for c in data["categories"]][:2] == [(0, "unlabeled"), (1, "toy robot")]
     assert [a["category_id"] for a in data["annotations"]] == [3, 0]
     assert data["annotations"][0]["bbox"] == [2.0, 1.0, 2.0, 2.0]
     assert data["images"] == [{"id": 7, "file_name": "a.png", "height": 4, "width": 5}]

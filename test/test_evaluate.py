@@ -104,7 +104,7 @@ def test_coco_protocol_excludes_classes_from_evaluation_and_from_prediction(mobi
     from ovsam_ros.model.feature_crop import build_feature_crop
 
     data = json.loads(bear.annotations.read_text())
-    data["categories"] = [{"id": 1, "name": "teddy bear"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bear"}]
+    data["categories"] = [{"id": i + 1, "name": n} for i, n in enumerate(("teddy bear", "dog", "bear"))]
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] == 1]
     for ann, cat in zip(data["annotations"], (1, 2, 3), strict=True):
         ann["category_id"] = cat
@@ -116,7 +116,7 @@ def test_coco_protocol_excludes_classes_from_evaluation_and_from_prediction(mobi
     recognizer = build_feature_crop("RN50", random_init=True)[0]
     named = Predictor(build_mobile_sam(mobile_sam_path, recognizer=recognizer))
     dog, bear_ = torch.nn.functional.normalize(torch.randn(2, recognizer.embed_dim), dim=-1)
-    embeddings = torch.stack([torch.stack([dog, bear_]), torch.stack([dog, dog]), torch.stack([bear_, bear_])])
+    embeddings = torch.stack([torch.stack(pair) for pair in ((dog, bear_), (dog, dog), (bear_, bear_))])
     open_vocab = ev.evaluate(named, annotations, bear.image_dir, "box", None, embeddings, progress=False)
     assert [r.predicted_category_id for r in open_vocab.instances] == [1, 1, 1]
     report = ev.evaluate(named, annotations, bear.image_dir, "box", split, embeddings, progress=False)

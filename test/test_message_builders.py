@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,6 +119,37 @@ def test_detection2d_array(factory, result):
     ranked = [(h.hypothesis.class_id, h.hypothesis.score) for h in det.results]
     assert ranked == [("toy robot", 0.75), ("doll", 0.125)]
     assert msg.detections[-1].results == []  # unnamed: no hypothesis rather than a made-up one
+
+
+def test_an_instance_below_the_threshold_is_unnamed_in_every_output(factory, result, tmp_path):
+    """One no-name contract: InstanceArray, Detection2D, the class image, the CLI JSON record and the
+    COCO export all say "unnamed" for an instance whose top-1 probability is under the threshold."""
+    import torch
+
+    from ovsam_ros.cli import instance_record
+    from ovsam_ros.coco_export import to_coco
+    from ovsam_ros.recognition import name_instances
+    from ovsam_ros.vocab import Vocabulary
+
+    vocab = Vocabulary.from_names(["toy robot", "doll", "mug"])
+    probs = torch.tensor([[0.75, 0.125, 0.025, 0.1], [0.25, 0.2, 0.15, 0.4]])
+    named, unnamed = name_instances(probs, vocab, top_k=2, score_threshold=0.5)
+    first, second = (replace(i) for i in result.instances[:2])
+    for inst, naming in ((first, named), (second, unnamed)):
+        inst.label, inst.class_index, inst.score, inst.top_k = (naming.label, naming.class_index,
+                                                                naming.score, list(naming.top_k))
+    frame = replace(result, instances=[first, second])
+    msg = wire(factory, instance_array_msg(factory, frame)).instances[1]
+    assert (msg.label, msg.class_index, list(msg.top_labels)) == ("", -1, [])
+    assert msg.score == pytest.approx(0.25)
+    assert wire(factory, detection2d_array_msg(factory, frame)).detections[1].results == []
+    classes = image_to_numpy(wire(factory, class_image_msg(factory, frame)))
+    assert np.all(classes[second.mask] == UNLABELED) and np.all(classes[first.mask] == 0)
+    record = instance_record(second, {})
+    assert (record["label"], record["class_index"], record["top_k"]) == ("", -1, [])
+    coco = to_coco([(1, "a.png", *result.image_size, [first, second])], vocab)
+    assert [a["category_id"] for a in coco["annotations"]] == [1, 0]
+    assert coco["categories"][0]["name"] == "unlabeled"
 
 
 def test_instance_and_class_images(factory, result):

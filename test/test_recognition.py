@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovsam_ros.recognition import UNKNOWN, RecognitionError, name_instances, subset_indices
+from ovsam_ros.recognition import UNNAMED, RecognitionError, name_instances, subset_indices
 from ovsam_ros.vocab import Vocabulary
 
 VOCAB = Vocabulary.from_names(["mug, coffee cup", "screwdriver", "apple", "red apple"])
@@ -33,11 +33,11 @@ def test_top_k_is_capped_by_the_vocabulary():
     assert [v for _, v in naming.top_k] == sorted((v for _, v in naming.top_k), reverse=True)
 
 
-def test_threshold_gives_unknown():
+def test_below_the_threshold_an_instance_is_unnamed():
     p = probs([0.2, 0.1, 0.1, 0.1, 0.5], [0.7, 0.1, 0.1, 0.05, 0.05])
     low, high = name_instances(p, VOCAB, top_k=2, score_threshold=0.3)
-    assert (low.label, low.class_index) == (UNKNOWN, -1)
-    assert low.score == pytest.approx(0.2) and low.top_k[0][0] == "mug"
+    assert (low.label, low.class_index, low.top_k) == (UNNAMED, -1, []) and UNNAMED == ""
+    assert low.score == pytest.approx(0.2)  # how far below the threshold it was
     assert (high.label, high.class_index) == ("mug", 0)
 
 
