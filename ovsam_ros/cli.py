@@ -116,7 +116,9 @@ def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, s
     from ovsam_ros.config import EverythingConfig, VocabConfig
     from ovsam_ros.pipeline import build_processor as build
 
-    processor = build(model_config(args), VocabConfig(vocabulary=args.vocab, top_k=args.top_k),
+    vocab = VocabConfig(vocabulary=args.vocab, top_k=args.top_k,
+                        embeddings_file=str(args.vocab_embeddings or ""))
+    processor = build(model_config(args), vocab,
                       EverythingConfig(points_per_side=args.points_per_side), progress=not args.quiet)
     if processor.vocabulary is None:
         if needs_names:
@@ -390,12 +392,33 @@ def cmd_vocab(args: argparse.Namespace) -> int:
             print(f"  {info.get('vocabulary', '?'):12s} {info.get('classes', '?'):>6} classes  {size:>9s}  "
                   f"{npy.name}")
         return 0
+    if args.vocab_command == "import":
+        return _import_vocabulary(args, cache)
     vocab = load_vocabulary(args.name)
     predictor = build_predictor(model_config(args))
     embeddings = embed_vocabulary(predictor, vocab, progress=not args.quiet)
     npy, _ = cache.paths(cache.key(vocab, text_tower_hash(predictor.model.text_tower.model), VILD_TEMPLATES))
     print(f"{vocab.label}: {len(vocab)} classes, embeddings {list(embeddings.shape)}, "
           f"{_size(npy.stat().st_size)} at {npy}")
+    return 0
+
+
+def _import_vocabulary(args: argparse.Namespace, cache: Any) -> int:
+    """Check a released class-embedding file against its names and the model's text tower; cache it."""
+    from ovsam_ros.pipeline import PipelineError, build_predictor, load_vocabulary
+    from ovsam_ros.vocab.embedding_files import import_class_embeddings, read_class_embeddings
+
+    vocab = load_vocabulary(args.names)
+    read_class_embeddings(args.file)  # a bad file fails before the (slow) model load
+    predictor = build_predictor(model_config(args))
+    recognizer, text = predictor.model.recognizer, predictor.model.text_tower
+    if recognizer is None or text is None:
+        raise PipelineError(f"the {args.model} model has no recognizer with a CLIP text tower to check the "
+                            "file against (configure a CLIP model for mobilesam / sam-clip)")
+    embeddings, npy = import_class_embeddings(args.file, vocab, recognizer.embed_dim, cache)
+    print(f"{vocab.label}: {len(vocab)} classes, embeddings {list(embeddings.shape)} from {args.file}, "
+          f"cached at {npy}; use it with --vocab {args.names} --vocab-embeddings {args.file} "
+          f"(vocab.embeddings_file)")
     return 0
 
 
@@ -418,6 +441,9 @@ def _add_model_options(p: argparse.ArgumentParser, names: bool = True) -> None:
         g.add_argument("--vocab", default="lvis",
                        help="vocabulary: coco, lvis, imagenet21k, all, or a .txt/.yaml file "
                             "(default: %(default)s)")
+        g.add_argument("--vocab-embeddings", type=Path, default=None, metavar="FILE",
+                       help="a released class-embedding file [C, P, D] naming --vocab's classes, instead of "
+                            "the text tower (see `ovsam-ros vocab import`)")
         g.add_argument("--top-k", type=int, default=5, help="names kept per instance (default: %(default)s)")
         g.add_argument("--points-per-side", type=int, default=32,
                        help="grid of clicks for --everything and --text (default: %(default)s)")
@@ -487,10 +513,20 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vocab", help="vocabularies and their cached text embeddings",
                        description="List the shipped vocabularies and cached embeddings, or build and "
                                    "cache one.")
-    vsub = p.add_subparsers(dest="vocab_command", metavar="build|list", required=True)
+    vsub = p.add_subparsers(dest="vocab_command", metavar="build|import|list", required=True)
     v = vsub.add_parser("build", help="embed a vocabulary with the model's text tower and cache it",
                         description="Embed NAME|FILE with the text tower of --model; print the cache file.")
     v.add_argument("name", metavar="NAME|FILE", help="coco, lvis, imagenet21k, all, or a .txt/.yaml file")
+    _add_model_options(v, names=False)
+    v.set_defaults(run=cmd_vocab)
+    v = vsub.add_parser("import", help="check and cache a released class-embedding file",
+                        description="Check FILE, a released [C, P, D] class-embedding file such as "
+                                    "RN50x16_LVISV1Dataset.pth, against its class names (shape, unit rows, "
+                                    "class count) and the text tower of --model (embedding width), and cache "
+                                    "it like a built vocabulary.")
+    v.add_argument("file", type=Path, metavar="FILE", help="a .pth/.pt tensor or .npy array [C, P, D]")
+    v.add_argument("--names", required=True, metavar="NAME|FILE",
+                   help="its class names, in order: coco, lvis, ... or a .txt/.yaml file")
     _add_model_options(v, names=False)
     v.set_defaults(run=cmd_vocab)
     v = vsub.add_parser("list", help="shipped vocabularies and cached embeddings",

@@ -98,6 +98,11 @@ class VocabConfig(_Section):
 
     vocabulary: str = _param("lvis", "vocabulary name (coco, lvis, imagenet21k, all) or a .txt/.yaml "
                                      "file of class names", dynamic=True)
+    embeddings_file: str = _param("", "a released class-embedding file [C, P, D] (e.g. "
+                                      "RN50x16_LVISV1Dataset.pth) naming the classes of vocab.vocabulary in "
+                                      "order, used instead of a text-tower pass (`ovsam-ros vocab import` "
+                                      "checks one); empty = the released file of lvis / coco in the weights "
+                                      "folder for the ovsam-* presets, else the text tower", dynamic=True)
     top_k: int = _param(5, "how many (name, probability) pairs each instance carries",
                         range=(1, 100), dynamic=True)
     score_threshold: float = _param(0.0, "top-1 probability below which an instance is unnamed "

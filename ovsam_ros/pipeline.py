@@ -29,6 +29,7 @@ from ovsam_ros.prompts import Prompt, PromptKind
 from ovsam_ros.recognition import Naming, name_instances
 from ovsam_ros.results import Instance
 from ovsam_ros.vocab.base_classes import base_mask_for
+from ovsam_ros.vocab.embedding_files import import_class_embeddings, released_file_for
 from ovsam_ros.vocab.text_embeddings import EmbeddingCache
 from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
 
@@ -85,6 +86,26 @@ def embed_vocabulary(predictor: Predictor, vocabulary: Vocabulary,
                             "tower: it only segments (configure a CLIP model for mobilesam / sam-clip)")
     return EmbeddingCache().get_or_build(vocabulary, text.model, text.tokenizer, predictor.device,
                                          progress=progress)
+
+
+def vocabulary_embeddings(predictor: Predictor, vocabulary: Vocabulary,
+                          progress: bool | Callable[[int, int], None] = True, *, embeddings_file: str = "",
+                          preset: str = "", weights_dir: str = "") -> torch.Tensor:
+    """``[C, P, D]`` embeddings naming ``vocabulary``: from ``embeddings_file`` (a released
+    class-embedding file, :mod:`ovsam_ros.vocab.embedding_files`) when given; for an ``ovsam-*``
+    preset naming the shipped lvis or coco vocabulary, from the released file in the weights folder
+    when it is there (naming then matches the release, with no text-tower pass); else from the
+    model's text tower (:func:`embed_vocabulary`)."""
+    from ovsam_ros.weights import weights_dir as resolve_weights_dir
+
+    recognizer = predictor.model.recognizer
+    path: Path | None = Path(embeddings_file).expanduser() if embeddings_file else None
+    if path is None and preset.startswith("ovsam-"):
+        path = released_file_for(vocabulary, resolve_weights_dir(weights_dir or None))
+    if path is None or recognizer is None:
+        return embed_vocabulary(predictor, vocabulary, progress)
+    embeddings, _ = import_class_embeddings(path, vocabulary, recognizer.embed_dim, device=predictor.device)
+    return embeddings
 
 
 QUERY_CACHE_ENTRIES = 32
@@ -169,24 +190,30 @@ class PromptProcessor:
         self._extended = None
 
     def prepare_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "",
-                           progress: bool | Callable[[int, int], None] = True) -> Callable[[], None]:
+                           progress: bool | Callable[[int, int], None] = True, *, embeddings_file: str = "",
+                           weights_dir: str = "") -> Callable[[], None]:
         """The slow half of a vocabulary change, safe off the worker: load ``vocabulary`` (a name, a file
-        or a :class:`Vocabulary`), build or read its cached text embeddings and the checkpoint's base
-        classes for an OVSAM ``preset``. Returns the fast half, which switches to it; run that where
-        the model runs (the engine's worker), so a frame is named wholly by one vocabulary."""
+        or a :class:`Vocabulary`), build or read its cached embeddings (:func:`vocabulary_embeddings`)
+        and the checkpoint's base classes for an OVSAM ``preset``. Returns the fast half, which switches
+        to it; run that where the model runs (the engine's worker), so a frame is named wholly by one
+        vocabulary."""
         from ovsam_ros.queries import phrase_embedder
 
         vocabulary = load_vocabulary(vocabulary)
-        embeddings = embed_vocabulary(self.predictor, vocabulary, progress)
+        embeddings = vocabulary_embeddings(self.predictor, vocabulary, progress,
+                                           embeddings_file=embeddings_file, preset=preset,
+                                           weights_dir=weights_dir)
         checkpoint = checkpoint_classes(preset)
         base = None if checkpoint is None else torch.as_tensor(base_mask_for(vocabulary, checkpoint))
         text = self.predictor.model.text_tower
         embed = phrase_embedder(text.model, text.tokenizer, self.predictor.device)
         return lambda: self.set_vocabulary(vocabulary, embeddings, base, embed)
 
-    def use_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "", progress: bool = True) -> None:
+    def use_vocabulary(self, vocabulary: Vocabulary | str, preset: str = "", progress: bool = True, *,
+                       embeddings_file: str = "", weights_dir: str = "") -> None:
         """Name with ``vocabulary`` now (:meth:`prepare_vocabulary`, then the switch)."""
-        self.prepare_vocabulary(vocabulary, preset, progress)()
+        self.prepare_vocabulary(vocabulary, preset, progress, embeddings_file=embeddings_file,
+                                weights_dir=weights_dir)()
 
     def encode(self, image: np.ndarray) -> ImageFeatures:
         return self.predictor.encode(image)
@@ -258,5 +285,6 @@ def build_processor(model: ModelConfig | None = None, vocab: VocabConfig | None 
     vocabulary = load_vocabulary(vocab.vocabulary)
     processor = PromptProcessor(build_predictor(model), everything, vocab)
     if processor.predictor.model.recognizer is not None:
-        processor.use_vocabulary(vocabulary, model.preset, progress)
+        processor.use_vocabulary(vocabulary, model.preset, progress, embeddings_file=vocab.embeddings_file,
+                                 weights_dir=model.weights_dir)
     return processor

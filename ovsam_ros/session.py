@@ -367,7 +367,10 @@ class Session:
 
         def load() -> None:
             try:
-                switch = self.processor.prepare_vocabulary(spec, self.config.model.preset, progress)
+                config = self.config
+                switch = self.processor.prepare_vocabulary(
+                    spec, config.model.preset, progress, embeddings_file=config.vocab.embeddings_file,
+                    weights_dir=config.model.weights_dir)
             except Exception as exc:  # an unreadable file, a model that cannot name, a full disk
                 fail(exc)
                 return

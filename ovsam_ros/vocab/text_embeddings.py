@@ -147,7 +147,7 @@ def text_tower_hash(model: TextModel) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
@@ -179,8 +179,11 @@ class EmbeddingCache:
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.npy", self.root / f"{key}.json"
 
-    def load(self, key: str, vocab: Vocabulary, device: torch.device | str) -> torch.Tensor | None:
-        """The cached embeddings for ``key`` on ``device``, or None when absent or unusable."""
+    def load(self, key: str, vocab: Vocabulary, device: torch.device | str,
+             any_synonyms: bool = False) -> torch.Tensor | None:
+        """The cached embeddings for ``key`` on ``device``, or None when absent or unusable.
+        ``any_synonyms``: the second dimension need not be the vocabulary's synonym count (an imported
+        file, :mod:`ovsam_ros.vocab.embedding_files`, has its own)."""
         npy, meta = self.paths(key)
         if not (npy.exists() and meta.exists()):
             return None
@@ -189,7 +192,7 @@ class EmbeddingCache:
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable text-embedding cache file %s: %s", npy, exc)
             return None
-        expected = (len(vocab), vocab.max_synonyms)
+        expected = (len(vocab), array.shape[1] if any_synonyms and array.ndim == 3 else vocab.max_synonyms)
         if array.ndim != 3 or array.shape[:2] != expected or array.dtype != self.dtype:
             log.warning("ignoring text-embedding cache file %s: shape %s %s does not fit %s",
                         npy, array.shape, array.dtype, vocab.label)
@@ -221,7 +224,7 @@ class EmbeddingCache:
         seconds = time.perf_counter() - started
         array = embeddings.cpu().numpy().astype(self.dtype)
         npy, meta = self.paths(key)
-        _write_atomic(npy, lambda p: np.save(p, array))
+        write_atomic(npy, lambda p: np.save(p, array))
         info = {
             "format": CACHE_FORMAT,
             "vocabulary": vocab.name,
@@ -235,7 +238,7 @@ class EmbeddingCache:
             "build_seconds": round(seconds, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_atomic(meta, lambda p: p.write_text(json.dumps(info, indent=1)))
+        write_atomic(meta, lambda p: p.write_text(json.dumps(info, indent=1)))
         log.info("embedded %s (%d classes) in %.1f s -> %s", vocab.label, len(vocab), seconds, npy)
         loaded = self.load(key, vocab, device)
         if loaded is None:
