@@ -254,7 +254,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_bag(args: argparse.Namespace) -> int:
     from ovsam_ros.bag import BagTopics, ReplayOptions, replay_bag, resolve_topics, topic_types
-    from ovsam_ros.config import OvsamConfig, StreamConfig
+    from ovsam_ros.config import OvsamConfig
+    from ovsam_ros.engine import EngineConfig
 
     topics = BagTopics(image=args.image_topic, camera_info=args.camera_info_topic, points=args.points_topic,
                        boxes=args.boxes_topic, text=args.text_topic, clicked_point=args.clicked_point_topic)
@@ -262,7 +263,7 @@ def cmd_bag(args: argparse.Namespace) -> int:
     if Path(args.output).exists():
         raise CliError(f"output {args.output} already exists; remove it or choose another path")
     processor, _ = build_processor(args, needs_names=bool(args.text.strip()))
-    config = OvsamConfig(engine=StreamConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
+    config = OvsamConfig(engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
     options = ReplayOptions(topics=topics, text=args.text, everything=args.everything, storage=args.storage,
                             config=config, progress=not args.quiet)
     stats = replay_bag(args.input, args.output, processor, options)

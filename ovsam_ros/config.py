@@ -5,6 +5,9 @@ description and range below as its descriptor), the CLI and the bag tool. Parame
 dotted ROS names, ``section.field`` (``model.preset``, ``vocab.top_k``, ...), which is also what a
 nested ``ros__parameters`` block in ``config/ovsam.yaml`` becomes in ROS 2.
 
+The ``engine`` section is the engine's own :class:`~ovsam_ros.engine.EngineConfig`: its fields are
+declared there once, with the same :func:`~ovsam_ros.settings.setting` descriptors as the sections here.
+
 Fields marked ``dynamic`` may change while the node runs (thresholds, rates, the vocabulary); the
 others need a reconfigure (the node declares them read-only).
 """
@@ -13,13 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+
+from ovsam_ros.engine.config import EngineConfig, EngineConfigError
+from ovsam_ros.settings import is_parameter, setting, validate_settings
 
 NODE_NAME = "ovsam_node"
 
@@ -28,32 +33,8 @@ class ConfigError(ValueError):
     """A setting with a wrong name, type or value; the message names the parameter."""
 
 
-def _param(default: Any, description: str, *, choices: tuple[str, ...] = (),
-           range: tuple[float, float] | None = None, pattern: str = "", dynamic: bool = False) -> Any:
-    """A dataclass field carrying what the node needs to declare it as a ROS parameter."""
-    meta = {"description": description, "choices": choices, "range": range, "pattern": pattern,
-            "dynamic": dynamic}
-    return field(default=default, metadata=meta)
-
-
-def _check_field(section: str, f: dataclasses.Field, value: Any) -> Any:
-    """Coerce ints to floats where a float is expected; reject anything else that doesn't fit."""
-    name = f"{section}.{f.name}"
-    kind = type(f.default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type(value) is not kind:
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
-    meta = f.metadata
-    if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}; got {value!r}")
-    if meta["pattern"] and not re.fullmatch(meta["pattern"], value):
-        raise ConfigError(f"{name} {value!r} is not valid: {meta['description']}")
-    if meta["range"] is not None:
-        lo, hi = meta["range"]
-        if not lo <= value <= hi:
-            raise ConfigError(f"{name} must be in [{lo}, {hi}]; got {value!r}")
-    return value
+_param = setting
+"""``_param(default, description, range=/choices=/pattern=, dynamic=)``: one setting of a section."""
 
 
 class _Section:
@@ -62,8 +43,7 @@ class _Section:
     section: ClassVar[str]
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            object.__setattr__(self, f.name, _check_field(self.section, f, getattr(self, f.name)))
+        validate_settings(self, f"{self.section}.", ConfigError)
 
 
 @dataclass(frozen=True)
@@ -121,36 +101,6 @@ class EverythingConfig(_Section):
     min_area: int = _param(0, "minimum mask area in pixels", range=(0, 1 << 30), dynamic=True)
     standing: bool = _param(False, "segment everything on every newly encoded frame (as often as "
                                    "engine.max_encode_rate_hz allows); false = only on request", dynamic=True)
-
-
-@dataclass(frozen=True)
-class StreamConfig(_Section):
-    """The streaming engine's settings (ovsam_ros.engine); :meth:`engine_config` hands them over."""
-
-    section: ClassVar[str] = "engine"
-
-    cache_size: int = _param(8, "encoded frames kept (ring buffer by stamp)", range=(1, 1024))
-    raw_buffer_size: int = _param(8, "raw frames kept for prompts that arrive later than their frame",
-                                  range=(0, 1024))
-    sync_slop_s: float = _param(0.05, "largest stamp difference for a prompt to match a frame (s)",
-                                range=(0.0, 10.0), dynamic=True)
-    prompt_wait_s: float = _param(0.2, "how long a prompt newer than the newest frame waits for it (s)",
-                                  range=(0.0, 10.0), dynamic=True)
-    max_prompt_age_s: float = _param(2.0, "prompts older than this (vs the newest frame) are dropped (s)",
-                                     range=(0.0, 3600.0), dynamic=True)
-    encode_mode: str = _param("auto", "on_demand: encode only prompted frames; continuous: every frame "
-                                      "up to the rate cap; auto: continuous while standing prompts exist",
-                              choices=("on_demand", "continuous", "auto"), dynamic=True)
-    max_encode_rate_hz: float = _param(5.0, "cap on image encodes per second; 0 = no cap",
-                                       range=(0.0, 1000.0), dynamic=True)
-    prompt_queue_size: int = _param(64, "pending prompts kept; the oldest are dropped beyond this",
-                                    range=(1, 100000))
-
-    def engine_config(self) -> Any:
-        """The engine's own ``EngineConfig`` (imported lazily: the engine needs torch threads)."""
-        from ovsam_ros.engine import EngineConfig
-
-        return EngineConfig(**dataclasses.asdict(self))
 
 
 _TOPIC = r"[~/]?[A-Za-z_][A-Za-z0-9_/{}~]*"
@@ -215,7 +165,7 @@ class OvsamConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     everything: EverythingConfig = field(default_factory=EverythingConfig)
-    engine: StreamConfig = field(default_factory=StreamConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 
     def to_parameters(self) -> dict[str, Any]:
@@ -228,7 +178,7 @@ class OvsamConfig:
         return config_from_parameters({**self.to_parameters(), **changes})
 
 
-_SECTIONS: dict[str, type[_Section]] = {
+_SECTIONS: dict[str, type] = {
     f.name: f.default_factory for f in dataclasses.fields(OvsamConfig)  # type: ignore[misc]
 }
 
@@ -252,7 +202,7 @@ def parameter_specs() -> list[ParameterSpec]:
     """Every parameter, in declaration order, with its default, description and valid range."""
     specs = []
     for section, cls in _SECTIONS.items():
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in filter(is_parameter, dataclasses.fields(cls)):
             m = f.metadata
             specs.append(ParameterSpec(f"{section}.{f.name}", section, f.name, f.default, type(f.default),
                                        m["description"], m["choices"], m["range"], m["dynamic"]))
@@ -280,8 +230,11 @@ def config_from_parameters(params: Mapping[str, Any]) -> OvsamConfig:
     per_section: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
     for name, value in flat.items():
         per_section[known[name].section][known[name].field] = value
-    return OvsamConfig(**{section: _SECTIONS[section](**kwargs)
-                          for section, kwargs in per_section.items()})
+    try:
+        return OvsamConfig(**{section: _SECTIONS[section](**kwargs)
+                              for section, kwargs in per_section.items()})
+    except EngineConfigError as exc:  # the engine names its own field; the parameter is engine.<field>
+        raise ConfigError(f"engine.{exc}") from None
 
 
 def _node_matches(key: str, node_name: str) -> bool:
