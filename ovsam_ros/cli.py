@@ -25,7 +25,6 @@ from ovsam_ros.results import FrameResult, Instance
 
 log = logging.getLogger("ovsam_ros.cli")
 
-PRESETS = ("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip")
 DELEGATED = {"weights": "ovsam_ros.weights", "eval": "ovsam_ros.evaluate", "bench": "ovsam_ros.bench"}
 """Commands with their own parser: ``ovsam-ros weights ...`` runs ``ovsam_ros.weights.main([...])``."""
 IMAGE_STAMP = 1.0
@@ -102,18 +101,11 @@ def prompt_record(inst: Instance, prompts: dict[str, Prompt]) -> dict:
 # ---------------------------------------------------------------------------------------------- model
 
 
-def model_config(args: argparse.Namespace) -> Any:
-    """The model settings of ``--model``, ``--weights-dir``, ``--device`` etc. (validated there)."""
-    from ovsam_ros.config import ModelConfig
-
-    return ModelConfig(preset=args.model, weights_dir=str(args.weights_dir or ""), device=args.device,
-                       recognition=args.recognition, clip_model=args.clip_model, random_init=args.random_init)
-
-
 def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, str]:
     """The prompt processor with its vocabulary set (when the model can name masks); returns it and the
     vocabulary label ("" when recognition is off)."""
     from ovsam_ros.config import EverythingConfig, VocabConfig
+    from ovsam_ros.model_options import model_config
     from ovsam_ros.pipeline import build_processor as build
 
     processor = build(model_config(args), VocabConfig(vocabulary=args.vocab, top_k=args.top_k),
@@ -374,6 +366,7 @@ def _size(nbytes: int) -> str:
 
 
 def cmd_vocab(args: argparse.Namespace) -> int:
+    from ovsam_ros.model_options import model_config
     from ovsam_ros.pipeline import build_predictor, embed_vocabulary, load_vocabulary
     from ovsam_ros.vocab.templates import VILD_TEMPLATES
     from ovsam_ros.vocab.text_embeddings import EmbeddingCache, text_tower_hash
@@ -405,17 +398,9 @@ def cmd_vocab(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(p: argparse.ArgumentParser, names: bool = True) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="ovsam-lvis", choices=PRESETS,
-                   help="network preset (default: %(default)s)")
-    g.add_argument("--weights-dir", type=Path, default=None,
-                   help="folder with the weight files (default: the cache; see `ovsam-ros weights list`)")
-    g.add_argument("--random-init", action="store_true",
-                   help="random weights, no files: for trying the pipeline only, never for results")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    g.add_argument("--clip-model", default="", help="open_clip model naming masks for mobilesam / sam-clip")
-    g.add_argument("--recognition", default="ensemble", choices=("head", "clip", "ensemble"),
-                   help="OVSAM naming: trained head, frozen CLIP, or both (default: %(default)s)")
+    from ovsam_ros.model_options import add_model_options
+
+    g = add_model_options(p)
     if names:
         g.add_argument("--vocab", default="lvis",
                        help="vocabulary: coco, lvis, imagenet21k, all, or a .txt/.yaml file "

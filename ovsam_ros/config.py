@@ -24,6 +24,13 @@ from typing import Any, ClassVar
 import yaml
 
 from ovsam_ros.engine.config import EngineConfig, EngineConfigError
+from ovsam_ros.preset_registry import (
+    DEFAULT_PRESET,
+    PRESET_NAMES,
+    RECOGNITION_MODES,
+    PresetError,
+    recognition_mode,
+)
 from ovsam_ros.settings import is_parameter, setting, validate_settings
 
 NODE_NAME = "ovsam_node"
@@ -50,26 +57,36 @@ class _Section:
 class ModelConfig(_Section):
     section: ClassVar[str] = "model"
 
-    preset: str = _param("ovsam-lvis", "network preset (ovsam_ros.model.presets)",
-                         choices=("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip"))
+    preset: str = _param(DEFAULT_PRESET, "network preset (ovsam_ros.preset_registry)", choices=PRESET_NAMES)
     weights_dir: str = _param("", "directory with the weight files; empty = the package cache "
                                   "(~/.cache/ovsam_ros/weights)")
     device: str = _param("auto", "auto (CUDA when available), cpu, cuda or cuda:N",
                          pattern=r"auto|cpu|cuda(:\d+)?")
     precision: str = _param("auto", "compute precision; auto = fp16 on CUDA, fp32 on CPU",
                             choices=("auto", "fp32", "fp16", "bf16"))
-    recognition: str = _param("ensemble", "how masks are named: head (trained CLIP2SAM head), clip "
-                                          "(frozen CLIP only) or ensemble (both; best for novel classes)",
-                              choices=("ensemble", "head", "clip"))
-    clip_model: str = _param("", "open_clip model naming masks for mobilesam / sam-clip "
-                                 "(e.g. ViT-B-16); empty = no recognition for mobilesam")
+    recognition: str = _param("auto", "how masks are named: head (trained CLIP2SAM head), clip (frozen CLIP "
+                                      "only), ensemble (both; best for novel classes) or auto (ensemble for "
+                                      "ovsam-*, clip for mobilesam / sam-clip, which have no head and refuse "
+                                      "head and ensemble)", choices=RECOGNITION_MODES)
+    clip_model: str = _param("", "open_clip architecture naming masks for mobilesam / sam-clip (e.g. "
+                                 "ViT-B-32, RN50; open_clip.list_models()); empty = RN50x16 for sam-clip, "
+                                 "no naming for mobilesam; ovsam-* take RN50x16 only")
     sam_variant: str = _param("vit_h", "SAM image encoder of the sam-clip preset",
                               choices=("vit_h", "vit_l", "vit_b"))
-    clip_weights: str = _param("", "CLIP weights naming masks for mobilesam / sam-clip: an open_clip "
-                                   "checkpoint of clip_model, or OpenAI's <clip_model>.pt; empty = the "
-                                   "weights folder's")
+    clip_weights: str = _param("", "weights of clip_model: an open_clip checkpoint, or OpenAI's file (a "
+                                   "TorchScript archive, or named <clip_model>.pt); empty = the weights "
+                                   "folder's, which has RN50x16.pt only")
     random_init: bool = _param(False, "random weights, no files (tests and benchmarks only; never a "
                                       "fallback for missing weights)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:  # the preset's own rules (preset_registry): refused here, before any weights load
+            recognition_mode(self.preset, self.recognition, self.clip_model)
+        except PresetError as exc:
+            raise ConfigError(f"model.recognition / model.clip_model: {exc}") from None
+        if self.clip_weights and self.random_init:
+            raise ConfigError("model.clip_weights and model.random_init exclude each other")
 
 
 @dataclass(frozen=True)
