@@ -12,8 +12,8 @@ How each preset names masks, and so which ``model.recognition`` it takes:
 * ``sam-clip``, and ``mobilesam`` with a ``clip_model``: a frozen open_clip model pools its dense
   feature map under each mask (the paper's Feature-Crop baseline). Only ``clip`` applies (``auto`` is
   ``clip``): there is no trained head, so ``head`` and ``ensemble`` are refused, not quietly mapped.
-* ``mobilesam`` without a ``clip_model`` only segments: ``auto`` names nothing, any other mode is
-  refused (it would name nothing).
+* ``mobilesam`` without a ``clip_model`` only segments: there is no recognizer whose mode could be
+  chosen, so the mode is not checked (every command passes one) and nothing is named.
 """
 
 from __future__ import annotations
@@ -93,10 +93,6 @@ def recognition_mode(preset: str, recognition: str, clip_model: str | None) -> s
     if info.family == "ovsam":
         return "ensemble" if recognition == "auto" else recognition
     if clip is None:
-        if recognition != "auto":
-            raise PresetError(f"{preset} names masks only with a clip_model (an open_clip model); without "
-                                    f"one it only segments, so recognition={recognition!r} cannot apply "
-                                    "(set clip_model, or recognition 'auto')")
         return None
     if recognition in ("head", "ensemble"):
         raise PresetError(f"{preset} names masks with a frozen CLIP only (Feature-Crop over {clip}); it "

@@ -45,13 +45,13 @@ def test_recognition_mode_rule_per_preset():
         ("ovsam-lvis", "clip", "RN50x16"): "clip",
         ("sam-clip", "auto", ""): "clip", ("sam-clip", "clip", "ViT-B-32"): "clip",
         ("mobilesam", "auto", "RN50"): "clip", ("mobilesam", "auto", ""): None,
+        ("mobilesam", "head", ""): None,
         ("sam-clip", "head", ""): "no trained CLIP2SAM head",
         ("mobilesam", "ensemble", "RN50"): "frozen CLIP only",
-        ("mobilesam", "clip", ""): "only with a clip_model",
         ("ovsam-coco", "auto", "ViT-B-32"): "trained on CLIP",
     }
     for (preset, mode, clip), want in expected.items():
-        if want in (None, "clip", "head", "ensemble"):
+        if want in (None, "clip", "head", "ensemble"):  # None: segments only, names nothing
             assert recognition_mode(preset, mode, clip) == want
             ModelConfig(preset=preset, recognition=mode, clip_model=clip)  # the config takes it too
         else:
