@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ovsam_ros.model_options import model_config
 from ovsam_ros.prompts import Prompt, PromptKind
 from ovsam_ros.results import FrameResult, Instance
 
@@ -105,7 +106,6 @@ def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, s
     """The prompt processor with its vocabulary set (when the model can name masks); returns it and the
     vocabulary label ("" when recognition is off)."""
     from ovsam_ros.config import EverythingConfig, VocabConfig
-    from ovsam_ros.model_options import model_config
     from ovsam_ros.pipeline import build_processor as build
 
     processor = build(model_config(args), VocabConfig(vocabulary=args.vocab, top_k=args.top_k),
@@ -366,7 +366,6 @@ def _size(nbytes: int) -> str:
 
 
 def cmd_vocab(args: argparse.Namespace) -> int:
-    from ovsam_ros.model_options import model_config
     from ovsam_ros.pipeline import build_predictor, embed_vocabulary, load_vocabulary
     from ovsam_ros.vocab.templates import VILD_TEMPLATES
     from ovsam_ros.vocab.text_embeddings import EmbeddingCache, text_tower_hash
