@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from ovsam_ros import assets
-from ovsam_ros.config import EverythingConfig, OvsamConfig, StreamConfig, VocabConfig
+from ovsam_ros.config import EverythingConfig, OvsamConfig, VocabConfig
+from ovsam_ros.engine import EngineConfig
 from ovsam_ros.model.feature_crop import build_feature_crop
 from ovsam_ros.model.sam import build_mobile_sam
 from ovsam_ros.pipeline import PromptProcessor
@@ -64,7 +65,7 @@ def main() -> None:
     processor = PromptProcessor(Predictor(model), EverythingConfig(points_per_side=4),
                                 VocabConfig(text_threshold=0.0))
     processor.use_vocabulary(Vocabulary.from_names(VOCABULARIES[0], name="v0"), progress=False)
-    config = OvsamConfig(engine=StreamConfig(encode_mode="on_demand", max_prompt_age_s=3600.0),
+    config = OvsamConfig(engine=EngineConfig(encode_mode="on_demand", max_prompt_age_s=3600.0),
                          everything=processor.everything, vocab=processor.vocab_config)
     factory = RosbagsFactory()
     published = {"messages": 0}

@@ -24,6 +24,8 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
+from ovsam_ros.preset_registry import PRESET_NAMES
+
 PACKAGE = "ovsam_ros"
 NODE_NAME = "ovsam_node"
 
@@ -33,7 +35,7 @@ ARGUMENTS = {
                             "empty = params file"),
     "camera_info": ("camera_info", "camera intrinsics topic"),
     "depth": ("", "aligned depth topic (16UC1 mm / 32FC1 m); empty = no depth, no 3D outputs"),
-    "model": ("", "model preset: ovsam-lvis, ovsam-coco, mobilesam, sam-clip; empty = params file"),
+    "model": ("", f"model preset: {', '.join(PRESET_NAMES)}; empty = params file"),
     "vocabulary": ("", "vocabulary name (coco, lvis, imagenet21k, all) or file; empty = params file"),
     "device": ("", "auto, cpu, cuda or cuda:N; empty = params file"),
     "namespace": ("", "namespace of the node"),

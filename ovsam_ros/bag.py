@@ -31,7 +31,8 @@ import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from tqdm import tqdm
 
-from ovsam_ros.config import OvsamConfig, StreamConfig
+from ovsam_ros.config import OvsamConfig
+from ovsam_ros.engine import EngineConfig
 from ovsam_ros.results import FrameResult
 from ovsam_ros.ros.factory import RosbagsFactory
 from ovsam_ros.ros.interfaces import typestore
@@ -137,7 +138,7 @@ class ReplayOptions:
     everything: bool = False
     storage: str | None = None
     config: OvsamConfig = field(default_factory=lambda: OvsamConfig(
-        engine=StreamConfig(encode_mode="auto", max_encode_rate_hz=0.0)))
+        engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=0.0)))
     progress: bool = True
 
 

@@ -374,7 +374,9 @@ def machine(device: torch.device) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Every section in one process; the result is what ``main`` prints."""
-    from ovsam_ros.model.presets import build_model
+    from ovsam_ros.model_options import model_config
+    from ovsam_ros.pipeline import model_from_config
+    from ovsam_ros.preset_registry import PRESETS
 
     if min(args.repeats, args.heavy_repeats) < 1 or args.warmup < 0 or args.image_size < 16:
         raise BenchError("need --repeats >= 1, --heavy-repeats >= 1, --warmup >= 0 and --image-size >= 16")
@@ -382,8 +384,7 @@ def run(args: argparse.Namespace) -> dict:
                           else args.device)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    model = build_model(args.model, weights_dir=args.weights_dir, random_init=args.random_init, device=device,
-                        clip_model=args.clip_model)
+    model = model_from_config(model_config(args), device, torch.float32)
     predictor = Predictor(model, device=device)
     rgb = bench_image(args.image_size)
     result: dict = {
@@ -413,7 +414,7 @@ def run(args: argparse.Namespace) -> dict:
     result["memory"] = memory()
     del features
     if args.architecture:
-        ours = model if args.model.startswith("ovsam") and args.random_init else None
+        ours = model if PRESETS[args.model].family == "ovsam" and args.random_init else None
         result["architecture"] = architecture(ours, args.heavy_repeats, device)
         result["memory_after_architecture"] = memory()
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
@@ -422,12 +423,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from ovsam_ros.model_options import add_model_options
+
     p = argparse.ArgumentParser(prog="ovsam-ros bench", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="ovsam-lvis", help="preset (default: %(default)s)")
-    p.add_argument("--random-init", action="store_true", help="random weights (timing needs no real ones)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="folder with the weight files")
-    p.add_argument("--clip-model", default=None, help="open_clip model naming masks for mobilesam / sam-clip")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_model_options(p, recognition=False)  # every recognition mode is timed (recognition_modes)
     p.add_argument("--image-size", type=int, default=1008,
                    help="longer side of the test photo in pixels (the network always sees 1024; "
                         "default: %(default)s, the photo's own size)")

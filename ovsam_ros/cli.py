@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ovsam_ros.model_options import model_config
 from ovsam_ros.prompts import Prompt, PromptKind
 from ovsam_ros.results import FrameResult, Instance
 
 log = logging.getLogger("ovsam_ros.cli")
 
-PRESETS = ("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip")
 DELEGATED = {"weights": "ovsam_ros.weights", "eval": "ovsam_ros.evaluate", "bench": "ovsam_ros.bench"}
 """Commands with their own parser: ``ovsam-ros weights ...`` runs ``ovsam_ros.weights.main([...])``."""
 IMAGE_STAMP = 1.0
@@ -100,14 +100,6 @@ def prompt_record(inst: Instance, prompts: dict[str, Prompt]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- model
-
-
-def model_config(args: argparse.Namespace) -> Any:
-    """The model settings of ``--model``, ``--weights-dir``, ``--device`` etc. (validated there)."""
-    from ovsam_ros.config import ModelConfig
-
-    return ModelConfig(preset=args.model, weights_dir=str(args.weights_dir or ""), device=args.device,
-                       recognition=args.recognition, clip_model=args.clip_model, random_init=args.random_init)
 
 
 def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, str]:
@@ -256,7 +248,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_bag(args: argparse.Namespace) -> int:
     from ovsam_ros.bag import BagTopics, ReplayOptions, replay_bag, resolve_topics, topic_types
-    from ovsam_ros.config import OvsamConfig, StreamConfig
+    from ovsam_ros.config import OvsamConfig
+    from ovsam_ros.engine import EngineConfig
 
     topics = BagTopics(image=args.image_topic, camera_info=args.camera_info_topic, points=args.points_topic,
                        boxes=args.boxes_topic, text=args.text_topic, clicked_point=args.clicked_point_topic)
@@ -264,7 +257,7 @@ def cmd_bag(args: argparse.Namespace) -> int:
     if Path(args.output).exists():
         raise CliError(f"output {args.output} already exists; remove it or choose another path")
     processor, _ = build_processor(args, needs_names=bool(args.text.strip()))
-    config = OvsamConfig(engine=StreamConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
+    config = OvsamConfig(engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
     options = ReplayOptions(topics=topics, text=args.text, everything=args.everything, storage=args.storage,
                             config=config, progress=not args.quiet)
     stats = replay_bag(args.input, args.output, processor, options)
@@ -426,17 +419,9 @@ def _import_vocabulary(args: argparse.Namespace, cache: Any) -> int:
 
 
 def _add_model_options(p: argparse.ArgumentParser, names: bool = True) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="ovsam-lvis", choices=PRESETS,
-                   help="network preset (default: %(default)s)")
-    g.add_argument("--weights-dir", type=Path, default=None,
-                   help="folder with the weight files (default: the cache; see `ovsam-ros weights list`)")
-    g.add_argument("--random-init", action="store_true",
-                   help="random weights, no files: for trying the pipeline only, never for results")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    g.add_argument("--clip-model", default="", help="open_clip model naming masks for mobilesam / sam-clip")
-    g.add_argument("--recognition", default="ensemble", choices=("head", "clip", "ensemble"),
-                   help="OVSAM naming: trained head, frozen CLIP, or both (default: %(default)s)")
+    from ovsam_ros.model_options import add_model_options
+
+    g = add_model_options(p)
     if names:
         g.add_argument("--vocab", default="lvis",
                        help="vocabulary: coco, lvis, imagenet21k, all, or a .txt/.yaml file "

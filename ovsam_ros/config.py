@@ -5,6 +5,9 @@ description and range below as its descriptor), the CLI and the bag tool. Parame
 dotted ROS names, ``section.field`` (``model.preset``, ``vocab.top_k``, ...), which is also what a
 nested ``ros__parameters`` block in ``config/ovsam.yaml`` becomes in ROS 2.
 
+The ``engine`` section is the engine's own :class:`~ovsam_ros.engine.EngineConfig`: its fields are
+declared there once, with the same :func:`~ovsam_ros.settings.setting` descriptors as the sections here.
+
 Fields marked ``dynamic`` may change while the node runs (thresholds, rates, the vocabulary); the
 others need a reconfigure (the node declares them read-only).
 """
@@ -13,13 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+
+from ovsam_ros.engine.config import EngineConfig, EngineConfigError
+from ovsam_ros.preset_registry import (
+    DEFAULT_PRESET,
+    PRESET_NAMES,
+    RECOGNITION_MODES,
+    PresetError,
+    recognition_mode,
+)
+from ovsam_ros.settings import is_parameter, setting, validate_settings
 
 NODE_NAME = "ovsam_node"
 
@@ -28,32 +40,8 @@ class ConfigError(ValueError):
     """A setting with a wrong name, type or value; the message names the parameter."""
 
 
-def _param(default: Any, description: str, *, choices: tuple[str, ...] = (),
-           range: tuple[float, float] | None = None, pattern: str = "", dynamic: bool = False) -> Any:
-    """A dataclass field carrying what the node needs to declare it as a ROS parameter."""
-    meta = {"description": description, "choices": choices, "range": range, "pattern": pattern,
-            "dynamic": dynamic}
-    return field(default=default, metadata=meta)
-
-
-def _check_field(section: str, f: dataclasses.Field, value: Any) -> Any:
-    """Coerce ints to floats where a float is expected; reject anything else that doesn't fit."""
-    name = f"{section}.{f.name}"
-    kind = type(f.default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type(value) is not kind:
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
-    meta = f.metadata
-    if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}; got {value!r}")
-    if meta["pattern"] and not re.fullmatch(meta["pattern"], value):
-        raise ConfigError(f"{name} {value!r} is not valid: {meta['description']}")
-    if meta["range"] is not None:
-        lo, hi = meta["range"]
-        if not lo <= value <= hi:
-            raise ConfigError(f"{name} must be in [{lo}, {hi}]; got {value!r}")
-    return value
+_param = setting
+"""``_param(default, description, range=/choices=/pattern=, dynamic=)``: one setting of a section."""
 
 
 class _Section:
@@ -62,34 +50,43 @@ class _Section:
     section: ClassVar[str]
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            object.__setattr__(self, f.name, _check_field(self.section, f, getattr(self, f.name)))
+        validate_settings(self, f"{self.section}.", ConfigError)
 
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):
     section: ClassVar[str] = "model"
 
-    preset: str = _param("ovsam-lvis", "network preset (ovsam_ros.model.presets)",
-                         choices=("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip"))
+    preset: str = _param(DEFAULT_PRESET, "network preset (ovsam_ros.preset_registry)", choices=PRESET_NAMES)
     weights_dir: str = _param("", "directory with the weight files; empty = the package cache "
                                   "(~/.cache/ovsam_ros/weights)")
     device: str = _param("auto", "auto (CUDA when available), cpu, cuda or cuda:N",
                          pattern=r"auto|cpu|cuda(:\d+)?")
     precision: str = _param("auto", "compute precision; auto = fp16 on CUDA, fp32 on CPU",
                             choices=("auto", "fp32", "fp16", "bf16"))
-    recognition: str = _param("ensemble", "how masks are named: head (trained CLIP2SAM head), clip "
-                                          "(frozen CLIP only) or ensemble (both; best for novel classes)",
-                              choices=("ensemble", "head", "clip"))
-    clip_model: str = _param("", "open_clip model naming masks for mobilesam / sam-clip "
-                                 "(e.g. ViT-B-16); empty = no recognition for mobilesam")
+    recognition: str = _param("auto", "how masks are named: head (trained CLIP2SAM head), clip (frozen CLIP "
+                                      "only), ensemble (both; best for novel classes) or auto (ensemble for "
+                                      "ovsam-*, clip for mobilesam / sam-clip, which have no head and refuse "
+                                      "head and ensemble)", choices=RECOGNITION_MODES)
+    clip_model: str = _param("", "open_clip architecture naming masks for mobilesam / sam-clip (e.g. "
+                                 "ViT-B-32, RN50; open_clip.list_models()); empty = RN50x16 for sam-clip, "
+                                 "no naming for mobilesam; ovsam-* take RN50x16 only")
     sam_variant: str = _param("vit_h", "SAM image encoder of the sam-clip preset",
                               choices=("vit_h", "vit_l", "vit_b"))
-    clip_weights: str = _param("", "CLIP weights naming masks for mobilesam / sam-clip: an open_clip "
-                                   "checkpoint of clip_model, or OpenAI's <clip_model>.pt; empty = the "
-                                   "weights folder's")
+    clip_weights: str = _param("", "weights of clip_model: an open_clip checkpoint, or OpenAI's file (a "
+                                   "TorchScript archive, or named <clip_model>.pt); empty = the weights "
+                                   "folder's, which has RN50x16.pt only")
     random_init: bool = _param(False, "random weights, no files (tests and benchmarks only; never a "
                                       "fallback for missing weights)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:  # the preset's own rules (preset_registry): refused here, before any weights load
+            recognition_mode(self.preset, self.recognition, self.clip_model)
+        except PresetError as exc:
+            raise ConfigError(f"model.recognition / model.clip_model: {exc}") from None
+        if self.clip_weights and self.random_init:
+            raise ConfigError("model.clip_weights and model.random_init exclude each other")
 
 
 @dataclass(frozen=True)
@@ -127,36 +124,6 @@ class EverythingConfig(_Section):
     min_area: int = _param(0, "minimum mask area in pixels", range=(0, 1 << 30), dynamic=True)
     standing: bool = _param(False, "segment everything on every newly encoded frame (as often as "
                                    "engine.max_encode_rate_hz allows); false = only on request", dynamic=True)
-
-
-@dataclass(frozen=True)
-class StreamConfig(_Section):
-    """The streaming engine's settings (ovsam_ros.engine); :meth:`engine_config` hands them over."""
-
-    section: ClassVar[str] = "engine"
-
-    cache_size: int = _param(8, "encoded frames kept (ring buffer by stamp)", range=(1, 1024))
-    raw_buffer_size: int = _param(8, "raw frames kept for prompts that arrive later than their frame",
-                                  range=(0, 1024))
-    sync_slop_s: float = _param(0.05, "largest stamp difference for a prompt to match a frame (s)",
-                                range=(0.0, 10.0), dynamic=True)
-    prompt_wait_s: float = _param(0.2, "how long a prompt newer than the newest frame waits for it (s)",
-                                  range=(0.0, 10.0), dynamic=True)
-    max_prompt_age_s: float = _param(2.0, "prompts older than this (vs the newest frame) are dropped (s)",
-                                     range=(0.0, 3600.0), dynamic=True)
-    encode_mode: str = _param("auto", "on_demand: encode only prompted frames; continuous: every frame "
-                                      "up to the rate cap; auto: continuous while standing prompts exist",
-                              choices=("on_demand", "continuous", "auto"), dynamic=True)
-    max_encode_rate_hz: float = _param(5.0, "cap on image encodes per second; 0 = no cap",
-                                       range=(0.0, 1000.0), dynamic=True)
-    prompt_queue_size: int = _param(64, "pending prompts kept; the oldest are dropped beyond this",
-                                    range=(1, 100000))
-
-    def engine_config(self) -> Any:
-        """The engine's own ``EngineConfig`` (imported lazily: the engine needs torch threads)."""
-        from ovsam_ros.engine import EngineConfig
-
-        return EngineConfig(**dataclasses.asdict(self))
 
 
 _TOPIC = r"[~/]?[A-Za-z_][A-Za-z0-9_/{}~]*"
@@ -221,7 +188,7 @@ class OvsamConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     everything: EverythingConfig = field(default_factory=EverythingConfig)
-    engine: StreamConfig = field(default_factory=StreamConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 
     def to_parameters(self) -> dict[str, Any]:
@@ -234,7 +201,7 @@ class OvsamConfig:
         return config_from_parameters({**self.to_parameters(), **changes})
 
 
-_SECTIONS: dict[str, type[_Section]] = {
+_SECTIONS: dict[str, type] = {
     f.name: f.default_factory for f in dataclasses.fields(OvsamConfig)  # type: ignore[misc]
 }
 
@@ -258,7 +225,7 @@ def parameter_specs() -> list[ParameterSpec]:
     """Every parameter, in declaration order, with its default, description and valid range."""
     specs = []
     for section, cls in _SECTIONS.items():
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in filter(is_parameter, dataclasses.fields(cls)):
             m = f.metadata
             specs.append(ParameterSpec(f"{section}.{f.name}", section, f.name, f.default, type(f.default),
                                        m["description"], m["choices"], m["range"], m["dynamic"]))
@@ -286,8 +253,11 @@ def config_from_parameters(params: Mapping[str, Any]) -> OvsamConfig:
     per_section: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
     for name, value in flat.items():
         per_section[known[name].section][known[name].field] = value
-    return OvsamConfig(**{section: _SECTIONS[section](**kwargs)
-                          for section, kwargs in per_section.items()})
+    try:
+        return OvsamConfig(**{section: _SECTIONS[section](**kwargs)
+                              for section, kwargs in per_section.items()})
+    except EngineConfigError as exc:  # the engine names its own field; the parameter is engine.<field>
+        raise ConfigError(f"engine.{exc}") from None
 
 
 def _node_matches(key: str, node_name: str) -> bool:

@@ -23,8 +23,9 @@ import torch
 
 from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
 from ovsam_ros.engine import PredictorProcessor
-from ovsam_ros.model.base import ImageFeatures
+from ovsam_ros.model.base import ImageFeatures, Segmenter
 from ovsam_ros.predictor import DTYPES, Predictor
+from ovsam_ros.preset_registry import PRESETS as MODEL_PRESETS
 from ovsam_ros.prompts import Prompt, PromptKind
 from ovsam_ros.recognition import Naming, name_instances
 from ovsam_ros.results import Instance
@@ -58,22 +59,25 @@ def load_vocabulary(spec: str | Vocabulary) -> Vocabulary:
 
 def checkpoint_classes(preset: str) -> str | None:
     """The training-class list of an OVSAM preset ("lvis" / "coco"): its base classes; else None."""
-    variant = preset.removeprefix("ovsam-")
-    return variant if preset.startswith("ovsam-") and variant in ("lvis", "coco") else None
+    return MODEL_PRESETS[preset].classes if preset in MODEL_PRESETS else None
+
+
+def model_from_config(config: ModelConfig, device: str | torch.device, dtype: torch.dtype) -> Segmenter:
+    """The configured preset (weights resolved by the presets) on ``device`` in ``dtype``."""
+    from ovsam_ros.model.presets import build_model
+
+    return build_model(config.preset, weights_dir=Path(config.weights_dir).expanduser() if config.weights_dir
+                       else None, random_init=config.random_init, device=device, dtype=dtype,
+                       recognition=config.recognition, clip_model=config.clip_model or None,
+                       sam_variant=config.sam_variant,
+                       clip_weights=Path(config.clip_weights).expanduser() if config.clip_weights else None)
 
 
 def build_predictor(config: ModelConfig | None = None) -> Predictor:
-    """The configured preset on its device and precision (weights resolved by the presets)."""
-    from ovsam_ros.model.presets import build_model
-
+    """The configured preset on its device and precision."""
     config = ModelConfig() if config is None else config
     device, dtype = resolve_device(config.device, config.precision)
-    model = build_model(config.preset, weights_dir=Path(config.weights_dir).expanduser() if config.weights_dir
-                        else None, random_init=config.random_init, device=device, dtype=dtype,
-                        recognition=config.recognition, clip_model=config.clip_model or None,
-                        sam_variant=config.sam_variant,
-                        clip_weights=Path(config.clip_weights).expanduser() if config.clip_weights else None)
-    return Predictor(model, device=device, dtype=dtype)
+    return Predictor(model_from_config(config, device, dtype), device=device, dtype=dtype)
 
 
 def embed_vocabulary(predictor: Predictor, vocabulary: Vocabulary,

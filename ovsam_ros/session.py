@@ -107,7 +107,7 @@ class Session:
         self._info = info if info is not None else warn
         self._wants = wants if wants is not None else (lambda name: True)
         self._decode, self._clock = decode, clock
-        engine_config = dataclasses.replace(config.engine.engine_config(), keep_images=True)
+        engine_config = dataclasses.replace(config.engine, keep_images=True)
         self.engine = Engine(processor, engine_config, on_result=self._on_result, on_error=self._on_error,
                              replay=replay)
         self._lock = threading.Lock()
@@ -134,7 +134,7 @@ class Session:
         """Apply changed dynamic settings in place: thresholds, timing, standing everything."""
         old, self.config = self.config, config
         self.engine.submit(lambda: self._apply_naming(config))
-        engine_config = dataclasses.replace(config.engine.engine_config(), keep_images=True)
+        engine_config = dataclasses.replace(config.engine, keep_images=True)
         if engine_config != self.engine.config:
             self.engine.reconfigure(engine_config)
         if config.everything.standing != old.everything.standing:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ovsam_ros import assets
+from ovsam_ros.preset_registry import OVSAM_CLIP_MODEL, PRESET_NAMES, PRESETS, clip_model_of
 
 log = logging.getLogger(__name__)
 
@@ -120,29 +121,28 @@ FILES: dict[str, WeightFile] = {
 
 FILES["sam_vit_h_prompt_encoder"] = replace(FILES["sam_vit_h_prompt_encoder"], source=FILES["sam_vit_h"])
 
-PRESETS = ("ovsam-lvis", "ovsam-coco", "mobilesam", "sam-clip")
+CLIP_FILES: dict[str, str] = {OVSAM_CLIP_MODEL: "clip_rn50x16"}
+"""open_clip model name -> its key in :data:`FILES`; any other CLIP model comes as a file the user
+names (``model.clip_weights``)."""
 
 
 def preset_files(preset: str, sam_variant: str = "vit_h", clip_model: str | None = None) -> dict[str, str]:
-    """Role -> key in :data:`FILES` for a preset (roles as ``build_ovsam`` and the presets name them).
+    """Role -> key in :data:`FILES` for a preset (roles as ``build_ovsam`` and the presets name them),
+    from :data:`ovsam_ros.preset_registry.PRESETS`.
 
     OVSAM needs SAM ViT-H only for its prompt encoder, so it gets the small extracted file. The CLIP
-    file is listed for RN50x16, the released model's tower; other open_clip models bring their own
-    weights (open_clip's download).
+    file is listed when the preset's CLIP (:func:`~ovsam_ros.preset_registry.clip_model_of`) has one in
+    :data:`CLIP_FILES`; ``clip_model=""`` lists none (the caller brings its own CLIP file).
     """
-    clip = {"clip": "clip_rn50x16"} if clip_model in (None, "RN50x16") else {}
-    if preset in ("ovsam-lvis", "ovsam-coco"):
-        variant = preset.split("-")[1]
-        return {"sam2clip": "sam2clip", "clip2sam": f"clip2sam_{variant}", "clip": "clip_rn50x16",
-                "sam": "sam_vit_h_prompt_encoder"}
-    if preset == "mobilesam":
-        return {"sam": "mobile_sam", **(clip if clip_model else {})}
-    if preset == "sam-clip":
-        key = f"sam_{sam_variant}"
-        if key not in FILES:
-            raise WeightsError(f"unknown SAM variant {sam_variant!r}; expected vit_b, vit_l or vit_h")
-        return {"sam": key, **clip}
-    raise WeightsError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if preset not in PRESETS:
+        raise WeightsError(f"unknown preset {preset!r}; expected one of {', '.join(PRESET_NAMES)}")
+    files = {role: key.format(sam_variant=sam_variant) for role, key in PRESETS[preset].files.items()}
+    if any(key not in FILES for key in files.values()):
+        raise WeightsError(f"unknown SAM variant {sam_variant!r}; expected vit_b, vit_l or vit_h")
+    clip = clip_model_of(preset, clip_model) if clip_model != "" else None
+    if clip in CLIP_FILES:
+        files["clip"] = CLIP_FILES[clip]
+    return files
 
 
 def weights_dir(override: str | Path | None = None) -> Path:
@@ -497,13 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     """``ovsam-ros weights list|fetch|verify [PRESET] [--dir DIR] [--offline]``."""
     parser = argparse.ArgumentParser(prog="ovsam-ros weights", description="Weight files per preset.")
     parser.add_argument("command", choices=["list", "fetch", "verify"])
-    parser.add_argument("preset", nargs="?", choices=PRESETS, help="limit to one preset (fetch: required)")
+    parser.add_argument("preset", nargs="?", choices=PRESET_NAMES,
+                        help="limit to one preset (fetch: required)")
     parser.add_argument("--dir", default=None, help="weights folder (default: the cache's weights/)")
     parser.add_argument("--offline", action="store_true", help=f"never use the network (or {OFFLINE_ENV}=1)")
     parser.add_argument("--sam-variant", default="vit_h", choices=["vit_b", "vit_l", "vit_h"])
     args = parser.parse_args(argv)
     dest = weights_dir(args.dir)
-    presets = [args.preset] if args.preset else list(PRESETS)
+    presets = [args.preset] if args.preset else list(PRESET_NAMES)
     if args.command == "fetch":
         if not args.preset:
             parser.error("fetch needs a preset")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
+from test_engine import StampProcessor, feed
 
 from ovsam_ros.config import (
     ConfigError,
@@ -17,7 +17,7 @@ from ovsam_ros.config import (
     load_config,
     parameter_specs,
 )
-from ovsam_ros.engine import EngineConfig
+from ovsam_ros.engine import Engine, EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,13 +100,21 @@ def test_sections_validate_on_construction_and_update_round_trips():
     assert config_from_parameters(changed.to_parameters()) == changed
 
 
-def test_stream_section_hands_over_to_the_engine():
-    ours = {f.name for f in dataclasses.fields(OvsamConfig().engine)}
-    theirs = {f.name for f in dataclasses.fields(EngineConfig)}
-    assert ours <= theirs and theirs - ours == {"keep_images"}  # keep_images follows node.publish_overlay
-    handed = OvsamConfig().updated({"engine.encode_mode": "continuous", "engine.cache_size": 3}).engine
-    engine = handed.engine_config()
-    assert engine.cache_size == 3 and engine.encode_mode.value == "continuous"
-    defaults = EngineConfig()
-    assert all(getattr(OvsamConfig().engine, name) == getattr(defaults, name) for name in ours), \
-        "StreamConfig and EngineConfig defaults drifted apart"
+def test_engine_section_is_the_engine_config_and_runs_an_engine(tmp_path):
+    """A params file's engine block becomes the EngineConfig the engine runs under; its only field
+    that is not a parameter (keep_images, set by the session) cannot be set from a file."""
+    path = tmp_path / "p.yaml"
+    path.write_text("engine: {encode_mode: continuous, max_encode_rate_hz: 0, cache_size: 3}\n")
+    config = load_config(path).engine
+    assert isinstance(config, EngineConfig) and config.max_encode_rate_hz == 0.0
+    processor = StampProcessor()
+    engine = Engine(processor, config, replay=True)
+    feed(engine, range(5))
+    stats = engine.stats()
+    assert processor.encoded == [0, 1, 2, 3, 4]  # continuous, no rate cap: every frame
+    assert stats["encode_mode"] == "continuous" and stats["cached_frames"] == 3
+    assert "engine.keep_images" not in {spec.name for spec in parameter_specs()}
+    with pytest.raises(ConfigError, match=r"unknown parameter.*engine\.keep_images"):
+        config_from_parameters({"engine.keep_images": True})
+    with pytest.raises(ConfigError, match=r"engine\.encode_mode must be one of on_demand, continuous, auto"):
+        config_from_parameters({"engine.encode_mode": "sometimes"})

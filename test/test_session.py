@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from ovsam_ros.config import EverythingConfig, NodeConfig, OvsamConfig, StreamConfig, VocabConfig
+from ovsam_ros.config import EverythingConfig, NodeConfig, OvsamConfig, VocabConfig
+from ovsam_ros.engine import EngineConfig
 from ovsam_ros.model.feature_crop import build_feature_crop
 from ovsam_ros.model.sam import build_mobile_sam
 from ovsam_ros.pipeline import PromptProcessor, QueryCache
@@ -74,7 +75,7 @@ class Outputs:
 
 def _session(processor, replay: bool = True, **node) -> tuple[Session, Outputs]:
     out = Outputs()
-    config = OvsamConfig(engine=StreamConfig(encode_mode="on_demand", max_prompt_age_s=3600.0,
+    config = OvsamConfig(engine=EngineConfig(encode_mode="on_demand", max_prompt_age_s=3600.0,
                                              prompt_wait_s=5.0), node=NodeConfig(**node),
                          everything=processor.everything, vocab=processor.vocab_config)
     return Session(processor, config, F, publish=out.publish, warn=out.warn, replay=replay), out
@@ -241,7 +242,7 @@ def test_a_vocabulary_change_names_each_frame_wholly_old_or_new(processor, photo
     small = cv2.resize(rgb, (256, 192))
     session, out = _session(processor, replay=False)
     old = session.vocabulary.active
-    session.update(dataclasses.replace(session.config, engine=StreamConfig(encode_mode="continuous",
+    session.update(dataclasses.replace(session.config, engine=EngineConfig(encode_mode="continuous",
                                                                            max_encode_rate_hz=0.0)))
     session.text("toy")
     session.start()

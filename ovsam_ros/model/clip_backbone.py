@@ -18,9 +18,9 @@ from open_clip.model import CLIP, build_model_from_openai_state_dict
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from torch import nn
 
-from .checkpoints import CheckpointError, read_state_dict
+from ovsam_ros.preset_registry import OVSAM_CLIP_MODEL as DEFAULT_CLIP_MODEL
 
-DEFAULT_CLIP_MODEL = "RN50x16"
+from .checkpoints import CheckpointError, read_state_dict
 
 
 class ClipInputError(ValueError):

@@ -7,6 +7,7 @@ each prompt then costs one weighted average and one matrix multiply against the 
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -167,6 +168,31 @@ class FeatureCropRecognizer(Recognizer):
         return torch.where(covered[:, None], scores, background)
 
 
+def is_openai_clip_file(path: str | Path, model_name: str) -> bool:
+    """Whether ``path`` is in OpenAI's layout rather than open_clip's: a TorchScript archive (how OpenAI
+    ships its files; it holds a ``code/`` folder) or a file named ``<model_name>.pt`` as OpenAI names
+    them. Anything else is read as an open_clip checkpoint."""
+    path = Path(path)
+    if path.name == f"{model_name}.pt":
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+
+
+def _check_architecture(model: nn.Module, model_name: str, path: Path) -> None:
+    """An OpenAI file carries its own architecture (read from its shapes): it must be ``model_name``'s,
+    whose tokenizer names the classes."""
+    cfg = open_clip.get_model_config(model_name)
+    resnet = isinstance(cfg["vision_cfg"].get("layers"), (list, tuple))
+    found = (model.text_projection.shape[1], isinstance(model.visual, ModifiedResNet))
+    if found != (cfg["embed_dim"], resnet):
+        kinds = ("ResNet" if found[1] else "ViT", "ResNet" if resnet else "ViT")
+        raise CheckpointError(f"{path} holds a {kinds[0]} CLIP of width {found[0]}, not {model_name} "
+                              f"({kinds[1]}, width {cfg['embed_dim']})")
+
+
 def build_feature_crop(
     model_name: str,
     checkpoint: str | Path | None = None,
@@ -176,7 +202,8 @@ def build_feature_crop(
     input_size: int | None = None,
 ) -> tuple[FeatureCropRecognizer, ClipTextTower]:
     """The recognizer over ``model_name``'s image tower and the text tower of the same CLIP model,
-    both from one read of the file.
+    both from one read of the file. ``model_name`` is any open_clip architecture whose image tower
+    is a ResNet or a class-token ViT (``open_clip.list_models()``).
 
     ``checkpoint``: an open_clip checkpoint, loaded strictly by open_clip, or with ``openai_layout``
     an OpenAI CLIP file read like :func:`~ovsam_ros.model.clip_backbone.load_openai_clip`.
@@ -184,10 +211,22 @@ def build_feature_crop(
     """
     if random_init == (checkpoint is not None):
         raise ValueError("give exactly one of a checkpoint path or random_init=True")
+    if model_name not in open_clip.list_models():
+        raise FeatureCropError(f"unknown open_clip model {model_name!r}; open_clip.list_models() lists them "
+                               "(e.g. RN50, ViT-B-32, ViT-S-32)")
+    vision = open_clip.get_model_config(model_name)["vision_cfg"]
+    if vision.get("timm_model_name") or vision.get("attentional_pool"):
+        # Deliberately not supported: their pooling (timm heads, attentional pools) has no per-location
+        # form, so a mask-weighted crop of a dense map would not be what the model embeds.
+        tower = vision.get("timm_model_name") or "attentional pool"
+        raise FeatureCropError(f"{model_name}'s image tower ({tower}) has no dense feature map to crop; "
+                               "Feature-Crop takes open_clip's ResNet and class-token ViT towers (RN50..., "
+                               "ViT-S/B/L/H...)")
     if random_init:
         model = open_clip.create_model(model_name, pretrained=None)
     elif openai_layout:
         model = load_openai_clip(checkpoint)
+        _check_architecture(model, model_name, Path(checkpoint))
     else:
         path = Path(checkpoint)
         if not path.is_file():
