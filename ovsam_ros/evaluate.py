@@ -382,14 +382,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--novel-classes", type=Path, metavar="FILE", help="novel class names, one per line")
     g.add_argument("--base-ids", type=int, nargs="+", default=[], metavar="ID", help="base category ids")
     g.add_argument("--novel-ids", type=int, nargs="+", default=[], metavar="ID", help="novel category ids")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default="ovsam-lvis", help="network preset (default: %(default)s)")
-    m.add_argument("--weights-dir", type=Path, default=None, help="folder with the weight files")
-    m.add_argument("--random-init", action="store_true", help="random weights (pipeline checks only)")
-    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    m.add_argument("--clip-model", default=None, help="open_clip model naming masks for mobilesam / sam-clip")
-    m.add_argument("--recognition", default="ensemble", choices=("head", "clip", "ensemble"),
-                   help="OVSAM naming branch (default: %(default)s)")
+    from ovsam_ros.model_options import add_model_options
+
+    m = add_model_options(p)
     m.add_argument("--no-names", action="store_true", help="score masks only, even if the model names them")
     p.add_argument("--batch-size", type=int, default=32,
                    help="prompts per decoder call (default: %(default)s)")
@@ -410,19 +405,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ovsam_ros.config import ConfigError, ModelConfig
+    from ovsam_ros.config import ConfigError
     from ovsam_ros.model.checkpoints import CheckpointError
     from ovsam_ros.model.presets import PresetError
+    from ovsam_ros.model_options import model_config
     from ovsam_ros.pipeline import build_predictor, checkpoint_classes, embed_vocabulary
     from ovsam_ros.weights import WeightsError
 
     coco = load_coco(args.coco)
     split = make_split(coco, args.split, args.base_classes, args.novel_classes, args.base_ids, args.novel_ids)
     try:
-        config = ModelConfig(preset=args.model, weights_dir=str(args.weights_dir or ""), device=args.device,
-                             recognition=args.recognition, clip_model=args.clip_model or "",
-                             random_init=args.random_init)
-        predictor = build_predictor(config)
+        predictor = build_predictor(model_config(args))
     except (ConfigError, PresetError, WeightsError, CheckpointError) as exc:
         raise EvalError(str(exc)) from exc
     embeddings = base_mask = None
