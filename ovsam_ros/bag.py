@@ -11,9 +11,10 @@ behaves as the node does on the same stream: recorded detector boxes are answere
 name and stand for later frames until the next array, text queries and everything mode stand.
 
 The output bag holds every input message unchanged (raw bytes, copied) plus ``/ovsam/instances``,
-``/ovsam/detections`` and ``/ovsam/overlay``, each with the source image's header and written at the
-source image's bag timestamp. A frame that cannot be decoded, a prompt off the image or a click that
-cannot be projected is counted, warned about and skipped; the rest is processed.
+``/ovsam/detections``, ``/ovsam/overlay`` and ``/ovsam/track_events`` (ended tracks, with
+``--track``), each with the source image's header and written at the source image's bag timestamp.
+A frame that cannot be decoded, a prompt off the image or a click that cannot be projected is
+counted, warned about and skipped; the rest is processed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ OUTPUTS = {
     "instances": ("/ovsam/instances", "ovsam_ros/msg/InstanceArray"),
     "detections": ("/ovsam/detections", "vision_msgs/msg/Detection2DArray"),
     "overlay": ("/ovsam/overlay", "sensor_msgs/msg/Image"),
+    "track_events": ("/ovsam/track_events", "ovsam_ros/msg/InstanceArray"),
 }
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 MAX_WARNINGS = 100
@@ -131,11 +133,14 @@ def bag_storage(path: Path) -> str:
 @dataclass
 class ReplayOptions:
     """What to answer besides the bag's own prompts, and how the engine runs (``config.engine``; the
-    node's settings, so a replay behaves as the node would on the same stream)."""
+    node's settings, so a replay behaves as the node would on the same stream). ``track`` turns
+    tracking on (``config.tracking.enabled``): a click or box then follows its object on every later
+    frame, and ids are track ids."""
 
     topics: BagTopics = field(default_factory=BagTopics)
     text: str = ""
     everything: bool = False
+    track: bool = False
     storage: str | None = None
     config: OvsamConfig = field(default_factory=lambda: OvsamConfig(
         engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=0.0)))
@@ -155,7 +160,8 @@ class _Replay:
         config = options.config
         config = dataclasses.replace(config, everything=dataclasses.replace(
             config.everything, standing=config.everything.standing or options.everything),
-            node=dataclasses.replace(config.node, image_topic=roles["image"], use_depth=False))
+            node=dataclasses.replace(config.node, image_topic=roles["image"], use_depth=False),
+            tracking=dataclasses.replace(config.tracking, enabled=config.tracking.enabled or options.track))
         self.session = Session(processor, config, self.factory, publish=self._write, warn=self.warn,
                                wants=lambda name: name in OUTPUTS, replay=True)
         self.engine = self.session.engine
@@ -291,6 +297,7 @@ def _stats(replay: _Replay, src: Path, dst: Path, storage: str, roles: dict[str,
         "prompts": {**prompts, "skipped": counts["prompts_skipped"], "rejected": counts["prompts_rejected"]},
         "results": counts["results"],
         "instances": counts["instances"],
+        "tracks": {"started": counts["tracks_started"], "ended": counts["tracks_ended"]},
         "warnings": replay.counts["warnings"],
         "first_warnings": replay.warnings,
         "timings": {"wall_s": round(seconds, 3), "encode": engine["encode_latency"],

@@ -258,9 +258,12 @@ def cmd_bag(args: argparse.Namespace) -> int:
         raise CliError(f"output {args.output} already exists; remove it or choose another path")
     processor, _ = build_processor(args, needs_names=bool(args.text.strip()))
     config = OvsamConfig(engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
-    options = ReplayOptions(topics=topics, text=args.text, everything=args.everything, storage=args.storage,
-                            config=config, progress=not args.quiet)
+    if (args.tracks_mot or args.tracks_coco) and not args.track:
+        raise CliError("--tracks-mot / --tracks-coco export tracks: add --track")
+    options = ReplayOptions(topics=topics, text=args.text, everything=args.everything, track=args.track,
+                            storage=args.storage, config=config, progress=not args.quiet)
     stats = replay_bag(args.input, args.output, processor, options)
+    _export_tracks(args, processor)
     if args.stats:
         Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
         Path(args.stats).write_text(json.dumps(stats, indent=1))
@@ -272,6 +275,29 @@ def cmd_bag(args: argparse.Namespace) -> int:
         print(f"{stats['frames']} frame(s), {stats['encodes']} encode(s), {stats['instances']} instance(s) "
               f"-> {args.output}")
     return 0
+
+
+def _export_tracks(args: argparse.Namespace, processor: Any) -> None:
+    """``--tracks-mot`` / ``--tracks-coco``: the tracks of the bag just written."""
+    if not (args.tracks_mot or args.tracks_coco):
+        return
+    from ovsam_ros.bag import read_results
+    from ovsam_ros.tracking.export import TrackExportError, write_coco_video, write_mot
+
+    results = [result for _, result in read_results(args.output)]
+    vocabulary = getattr(processor, "vocabulary", None)
+    try:
+        if args.tracks_mot:
+            lines = write_mot(args.tracks_mot, results)
+            if not args.quiet:
+                print(f"{lines} track line(s) -> {args.tracks_mot}")
+        if args.tracks_coco:
+            names = None if vocabulary is None else list(vocabulary.display_names)
+            count = write_coco_video(args.tracks_coco, results, names)
+            if not args.quiet:
+                print(f"{count} track(s) -> {args.tracks_coco}")
+    except TrackExportError as exc:
+        raise CliError(f"no tracks to export from {args.output}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- export-coco
@@ -474,6 +500,12 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{role}-topic", default=None, help=kind)
     p.add_argument("--text", default="", help="standing text queries for every frame")
     p.add_argument("--everything", action="store_true", help="segment every object of every encoded frame")
+    p.add_argument("--track", action="store_true",
+                   help="follow instances across frames (tracking.enabled): a click or box keeps its object "
+                        "on every later frame, ids are track ids, ended tracks go to /ovsam/track_events")
+    p.add_argument("--tracks-mot", metavar="OUT.txt", help="with --track: the tracks in MOTChallenge format")
+    p.add_argument("--tracks-coco", metavar="OUT.json",
+                   help="with --track: the tracks as COCO video-style (YouTube-VIS) JSON")
     p.add_argument("--encode-rate", type=float, default=0.0,
                    help="cap on encodes per second of bag time while text/everything prompts stand "
                         "(0 = every frame; default: %(default)s)")

@@ -182,6 +182,37 @@ class NodeConfig(_Section):
 
 
 @dataclass(frozen=True)
+class TrackingConfig(_Section):
+    """Instance tracks across frames (ovsam_ros.tracking): stable ids, re-prompted clicks and boxes."""
+
+    section: ClassVar[str] = "tracking"
+
+    enabled: bool = _param(False, "follow instances across frames: clicks and boxes are re-prompted on "
+                                  "every newly encoded frame, standing outputs are matched to tracks, "
+                                  "ids are track ids")
+    keep_iou: float = _param(0.5, "mask IoU with the motion-predicted previous mask a tracked instance "
+                                  "needs to stay tracked", range=(0.0, 1.0), dynamic=True)
+    reacquire_iou: float = _param(0.6, "mask IoU a lost track needs to be found again (above keep_iou: "
+                                       "hysteresis)", range=(0.0, 1.0), dynamic=True)
+    min_similarity: float = _param(0.3, "appearance similarity (colour histogram, class probabilities) "
+                                         "a re-prompted mask needs to stay its track", range=(0.0, 1.0),
+                                    dynamic=True)
+    appearance_weight: float = _param(0.3, "weight of appearance against mask IoU in the association "
+                                           "cost of standing outputs", range=(0.0, 1.0), dynamic=True)
+    box_margin: float = _param(0.1, "a re-prompt's box is the track's last box moved by its velocity and "
+                                    "grown by this fraction of its size on each side (zoom, motion the "
+                                    "velocity misses)", range=(0.0, 1.0), dynamic=True)
+    match_iou: float = _param(0.3, "smallest mask IoU for a standing output to join a track",
+                              range=(0.0, 1.0), dynamic=True)
+    min_hits: int = _param(2, "frames a track from standing outputs needs before it is confirmed; "
+                              "clicks and boxes are confirmed at once", range=(1, 100), dynamic=True)
+    max_lost_frames: int = _param(5, "frames a track may go unseen before it ends (an end event on "
+                                     "~/track_events)", range=(0, 10000), dynamic=True)
+    max_tracks: int = _param(64, "tracks kept at once; the oldest lost one ends first beyond this",
+                             range=(1, 65534), dynamic=True)
+
+
+@dataclass(frozen=True)
 class OvsamConfig:
     """All settings; build it with :func:`load_config` or :func:`config_from_parameters`."""
 
@@ -190,6 +221,7 @@ class OvsamConfig:
     everything: EverythingConfig = field(default_factory=EverythingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_parameters(self) -> dict[str, Any]:
         """Flat ``{"section.field": value}``, the form ROS parameters take."""

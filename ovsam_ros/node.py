@@ -75,7 +75,7 @@ _PROMPTS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 _OUTPUTS = {"instances": InstanceArray, "detections": Detection2DArray, "instance_image": Image,
             "class_image": Image, "overlay": Image, "detections_3d": Detection3DArray,
-            "markers": MarkerArray, "points": PointCloud2}
+            "markers": MarkerArray, "points": PointCloud2, "track_events": InstanceArray}
 _ON_DEMAND = ("overlay", "points")
 """Outputs built only while someone subscribes (drawing and deprojecting cost time)."""
 

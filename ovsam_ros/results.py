@@ -6,11 +6,22 @@ a stamp.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ovsam_ros.prompts import PromptKind
+
+
+class TrackState(enum.IntEnum):
+    """Values match the TRACK_* constants of ``msg/Instance.msg``."""
+
+    NONE = 0
+    TENTATIVE = 1
+    CONFIRMED = 2
+    LOST = 3
+    ENDED = 4
 
 
 @dataclass
@@ -23,6 +34,8 @@ class Instance:
     recognition is off; ``top_k`` holds ``(name, probability)`` pairs, best first. Below the naming
     threshold an instance is unnamed (:mod:`ovsam_ros.recognition`): label "", class_index -1,
     no top_k, ``score`` its top-1 probability.
+    ``track_id`` (0 = untracked), ``track_age`` (frames since the track began) and ``track_state``
+    are set by :mod:`ovsam_ros.tracking`; a tracked instance's ``id`` is ``str(track_id)``.
     """
 
     mask: np.ndarray
@@ -36,6 +49,9 @@ class Instance:
     score: float = 0.0
     top_k: list[tuple[str, float]] = field(default_factory=list)
     stability_score: float = 0.0
+    track_id: int = 0
+    track_age: int = 0
+    track_state: TrackState = TrackState.NONE
 
 
 @dataclass
@@ -48,6 +64,9 @@ class FrameResult:
     instances: list[Instance] = field(default_factory=list)
     vocabulary: str = ""
     errors: list[str] = field(default_factory=list)
+    new_frame: bool = False
+    """True when the frame was newly encoded and the standing prompts were applied to it (a frame
+    that tracks were re-prompted on); False for one-off prompts answered on a cached frame."""
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[float, float, float, float]:

@@ -45,14 +45,17 @@ from ovsam_ros.ros.message_builders import (
     stamp_seconds,
 )
 from ovsam_ros.ros.prompt_conversions import detection_prompts, point_prompt, segment_request_prompts
+from ovsam_ros.tracking import Tracker
 
 Publish = Callable[[str, Any, "int | None"], None]
 """``publish(output name, message, bag time of the source frame in ns or None)``."""
 
 OUTPUTS = ("instances", "detections", "instance_image", "class_image", "overlay", "detections_3d",
-           "markers", "points", "label_info")
+           "markers", "points", "label_info", "track_events")
 """Every output, by name (the node's ``~/<name>`` topics); ``points`` is the coloured cloud of each
-depth image (what RViz's "Publish Point" clicks on), the others follow each result."""
+depth image (what RViz's "Publish Point" clicks on), ``track_events`` an InstanceArray of the tracks
+that ended (their last instance, state TRACK_ENDED; ``tracking.enabled``), the others follow each
+result."""
 
 DEPTH_KEPT = 8
 """Depth images kept by stamp for the 3D outputs of frames still being answered."""
@@ -120,6 +123,7 @@ class Session:
         self._newest_rgb: tuple[float, np.ndarray] | None = None
         self._vocabulary = VocabularyStatus(self._label())
         self._loader: threading.Thread | None = None
+        self.tracker = Tracker(config.tracking) if config.tracking.enabled else None
         self.set_everything(config.everything.standing)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -142,6 +146,8 @@ class Session:
 
     def _apply_naming(self, config: OvsamConfig) -> None:
         self.processor.vocab_config, self.processor.everything = config.vocab, config.everything
+        if self.tracker is not None:
+            self.tracker.config = config.tracking
 
     # ------------------------------------------------------------------------------ inputs
 
@@ -231,7 +237,8 @@ class Session:
 
     def boxes(self, msg: Any) -> None:
         """Detector boxes: answered once on the frame they were detected on, and standing for every
-        newer frame until the next array (an empty one clears them)."""
+        newer frame until the next array (an empty one clears them). With tracking they do not stand:
+        each box's answer joins or starts a track, which follows its object on later frames."""
         prompts, errors = detection_prompts(msg, standing=True, image_size=self.image_size)
         for error in errors:
             self._skip(f"skipping detection: {error}")
@@ -240,9 +247,10 @@ class Session:
             self._skip(f"skipping detections: {len(prompts)} boxes in one array, the first "
                        f"{cap} are used (node.max_boxes_per_message)")
             prompts = prompts[:cap]
-        self._set_standing("boxes", prompts)
+        if self.tracker is None:
+            self._set_standing("boxes", prompts)
         for prompt in prompts:
-            if prompt.stamp > 0:
+            if prompt.stamp > 0 or self.tracker is not None:
                 self._push(dataclasses.replace(prompt, standing=False), "box_prompts")
 
     def click(self, msg: Any) -> None:
@@ -281,9 +289,13 @@ class Session:
         self._set_standing("everything", [Prompt.everything()] if on else [])
 
     def clear_prompts(self) -> None:
-        """Drop the standing text queries and boxes; ``everything.standing`` stays the truth."""
+        """Drop the standing text queries and boxes, and end every track; ``everything.standing``
+        stays the truth."""
         self.engine.clear_standing()
         self.set_everything(self.config.everything.standing)
+        if self.tracker is not None:
+            tracker = self.tracker
+            self.engine.submit(lambda: self._publish_ended(tracker.clear(), 0.0))
 
     def _set_standing(self, key: str, prompts: list[Prompt]) -> None:
         try:
@@ -451,6 +463,8 @@ class Session:
         with self._lock:
             header, received_ns = self._frames.get(result.stamp, (None, None))
         result.vocabulary = self._label()
+        if self.tracker is not None:
+            self._track(result)
         self.counts["results"] += 1
         self.counts["instances"] += len(result.instances)
         for error in result.errors:
@@ -480,6 +494,38 @@ class Session:
                     continue
                 if msg is not None:
                     self._publish(name, msg, received_ns)
+
+    def _track(self, result: FrameResult) -> None:
+        """Engine worker: give the result's instances track ids, publish the tracks that ended, and make
+        the live tracks' re-prompts the standing prompts of the next encoded frame."""
+        assert self.tracker is not None
+        frame = self.engine.frame(result.stamp)
+        image = frame.image if frame is not None else None
+        update = self.tracker.update(result, image)
+        result.instances = update.instances
+        self.counts["tracks_started"] += len(update.started)
+        self._publish_ended(update.ended, result.stamp, result.frame_id, result.image_size)
+        self._set_standing("tracks", self.tracker.reprompts())
+
+    def _publish_ended(self, ended: list, stamp: float, frame_id: str = "",
+                       size: tuple[int, int] | None = None) -> None:
+        """End events: one InstanceArray on ``track_events`` with the last instance of each ended track,
+        stamped with the frame that ended them (the newest frame when tracks were cleared)."""
+        if not ended:
+            return
+        self.counts["tracks_ended"] += len(ended)
+        with self._lock:
+            if size is None:
+                size = ended[0].mask.shape
+                stamp = stamp or max(self._frames, default=self._clock())
+                frame_id = frame_id or self.newest_frame_id
+            header = self._frames.get(stamp, (None, None))[0]
+        events = FrameResult(stamp=stamp, frame_id=frame_id, image_size=size, instances=ended,
+                             vocabulary=self._label())
+        if self._wants("track_events"):
+            self._publish("track_events", instance_array_msg(self.factory, events, header), None)
+        if self.tracker is not None and not self.tracker.tracks:
+            self._set_standing("tracks", [])
 
     def _builders_3d(self, result: FrameResult, header: Any, depth: np.ndarray,
                      camera: CameraModel) -> dict[str, Callable[[], Any]]:

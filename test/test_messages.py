@@ -9,6 +9,7 @@ import pytest
 from rosbags.typesys import Stores, get_types_from_msg
 
 from ovsam_ros.prompts import PromptKind
+from ovsam_ros.results import TrackState
 from ovsam_ros.ros.factory import MessageError, RosbagsFactory
 from ovsam_ros.ros.interfaces import interface_root, project_types, split_service, typestore
 
@@ -39,9 +40,10 @@ def test_types_resolve_against_each_distro(store):
     assert ts.generate_msgdef("ovsam_ros/srv/Segment_Request")[0].startswith("sensor_msgs/Image image")
 
 
-def test_prompt_constants_match_prompt_kind():
+def test_prompt_and_track_constants_match_their_enums():
     consts, _ = project_types()["ovsam_ros/msg/Instance"]
-    assert {name: value for name, _, value in consts} == {f"PROMPT_{k.name}": int(k) for k in PromptKind}
+    assert {name: value for name, _, value in consts} == {
+        **{f"PROMPT_{k.name}": int(k) for k in PromptKind}, **{f"TRACK_{s.name}": int(s) for s in TrackState}}
 
 
 def test_service_split():

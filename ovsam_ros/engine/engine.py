@@ -514,12 +514,13 @@ class Engine:
             standing = [p for group in self._standing.values() for p in group if p.stamp < newer]
             reports = self._drain_reports_locked()
         self._report(reports)
-        self._answer_and_deliver(frame, [p.prompt for p in one_off], standing)
+        self._answer_and_deliver(frame, [p.prompt for p in one_off], standing, new_frame=True)
         return frame
 
-    def _answer_and_deliver(self, frame: EncodedFrame, one_off: list[Prompt], standing: list[Prompt]) -> None:
+    def _answer_and_deliver(self, frame: EncodedFrame, one_off: list[Prompt], standing: list[Prompt],
+                            new_frame: bool = False) -> None:
         """Answer all prompts on one frame in one batch; a failing batch is retried prompt by prompt so
-        one bad prompt cannot sink the others."""
+        one bad prompt cannot sink the others. ``new_frame``: just encoded, standing prompts applied."""
         batch = one_off + standing
         if not batch:
             return
@@ -553,7 +554,7 @@ class Engine:
         self._stats.count("standing_applied", applied)
         self._report(reports)
         result = FrameResult(stamp=frame.stamp, frame_id=frame.frame_id, image_size=frame.original_size,
-                             instances=instances, errors=errors)
+                             instances=instances, errors=errors, new_frame=new_frame)
         self._stats.count("results_emitted")
         if self._on_result is not None:
             try:

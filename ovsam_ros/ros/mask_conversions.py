@@ -70,9 +70,13 @@ def _paint(result: FrameResult, values: Sequence[int], background: int) -> np.nd
 
 
 def instance_id_image(result: FrameResult) -> np.ndarray:
-    """uint16: 0 = background, k + 1 = ``result.instances[k]`` (the order of ``InstanceArray.instances``)."""
+    """uint16: 0 = background; each instance's ``track_id`` when all are tracked (ids stay the same
+    across frames), else k + 1 = ``result.instances[k]`` (the order of ``InstanceArray.instances``)."""
     if len(result.instances) >= UNLABELED:
         raise ConversionError(f"{len(result.instances)} instances do not fit a 16-bit id image")
+    tracked = [inst.track_id for inst in result.instances]
+    if tracked and all(0 < t < UNLABELED for t in tracked):
+        return _paint(result, tracked, 0)
     return _paint(result, range(1, len(result.instances) + 1), 0)
 
 

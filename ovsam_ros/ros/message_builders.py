@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ovsam_ros.prompts import PromptKind
-from ovsam_ros.results import FrameResult, Instance
+from ovsam_ros.results import FrameResult, Instance, TrackState
 from ovsam_ros.ros.factory import MessageFactory
 from ovsam_ros.ros.geometry import Box3D, CameraModel, GeometryError
 from ovsam_ros.ros.image_conversions import numpy_to_image
@@ -76,7 +76,8 @@ def instance_msg(factory: MessageFactory, inst: Instance, header: Any = None) ->
         top_labels=[name for name, _ in inst.top_k],
         top_scores=np.array([p for _, p in inst.top_k], dtype=np.float32),
         mask_score=float(inst.mask_score), stability_score=float(inst.stability_score),
-        bbox=_bbox2d(factory, inst.bbox), roi=roi, mask=mask)
+        bbox=_bbox2d(factory, inst.bbox), roi=roi, mask=mask, track_id=int(inst.track_id),
+        track_age=int(inst.track_age), track_state=int(inst.track_state))
 
 
 def instance_array_msg(factory: MessageFactory, result: FrameResult, header: Any = None) -> Any:
@@ -101,7 +102,8 @@ def frame_result_from_msg(msg: Any) -> FrameResult:
             prompt_id=str(m.prompt_id), id=str(m.id), label=str(m.label), class_index=int(m.class_index),
             score=float(m.score),
             top_k=[(str(n), float(p)) for n, p in zip(m.top_labels, scores, strict=True)],
-            stability_score=float(m.stability_score)))
+            stability_score=float(m.stability_score), track_id=int(m.track_id), track_age=int(m.track_age),
+            track_state=TrackState(int(m.track_state))))
     return FrameResult(stamp=stamp_seconds(msg.header.stamp), frame_id=str(msg.header.frame_id),
                        image_size=size, instances=instances, vocabulary=str(msg.vocabulary),
                        errors=[str(e) for e in msg.errors])
@@ -195,7 +197,8 @@ def marker_array_msg(factory: MessageFactory, result: FrameResult, boxes: Sequen
 
 
 def instance_image_msg(factory: MessageFactory, result: FrameResult, header: Any = None) -> Any:
-    """mono16: 0 background, k + 1 = k-th instance of the matching InstanceArray."""
+    """mono16: 0 background, else the instance's track id, or without tracking k + 1 for the k-th
+    instance of the matching InstanceArray."""
     return numpy_to_image(factory, instance_id_image(result), "mono16", _header_for(factory, result, header))
 
 
