@@ -160,3 +160,19 @@ def test_mot_lines_score_perfectly_with_motmetrics_and_coco_video_holds_tracks()
     json.dumps(video)
     with pytest.raises(TrackExportError, match="--track"):
         mot_lines([frame(0, [inst(disc(20, 20))])])
+
+
+def test_a_fast_first_move_keeps_its_id_by_box_overlap():
+    """A ring (a toy's outline, non-convex) boxed by a detector moves a third of its width before the
+    track has a velocity: its mask overlaps its last one less than the gate, its box more; the id
+    stays."""
+    def ring(cx: float) -> np.ndarray:
+        return disc(cx, 60, 24) & ~disc(cx, 60, 16)
+
+    tracker = Tracker(TrackingConfig(enabled=True, match_iou=0.3))
+    first = tracker.update(frame(0, [inst(ring(50), PromptKind.BOX, "det_0")])).instances[0]
+    assert mask_iou_matrix([ring(50)], [ring(66)])[0, 0] < 0.3
+    moved = tracker.update(frame(1, [inst(ring(66), PromptKind.BOX, "det_0")])).instances[0]
+    assert moved.track_id == first.track_id and len(tracker.tracks) == 1
+    far = tracker.update(frame(2, [inst(ring(130), PromptKind.BOX, "det_0")])).instances[0]
+    assert far.track_id != first.track_id  # no overlap of either kind: a new object

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 MAX_IOU_PIXELS = 1 << 18
 """Masks are compared on a regular subsample of at most this many pixels: IoU to ~1e-3 of the full
@@ -30,6 +32,14 @@ def mask_iou_matrix(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndar
     inter = fa @ fb.T
     union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float64)
+
+
+def box_iou_matrix(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
+    """``[len(a), len(b)]`` IoU of ``[x0, y0, x1, y1]`` boxes (torchvision's ``box_iou``)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    iou = box_iou(torch.as_tensor(np.asarray(a, np.float64)), torch.as_tensor(np.asarray(b, np.float64)))
+    return iou.nan_to_num(0.0).numpy()
 
 
 def shift_mask(mask: np.ndarray, dx: float, dy: float) -> np.ndarray:

@@ -10,7 +10,8 @@ Two kinds of track:
   mask, and the top-k class distribution where the model names masks); it is kept, or the frame
   counts as a miss.
 - **associated** (instances of standing text queries and everything mode, and detector boxes):
-  matched to tracks by a cost of mask IoU and appearance, solved by Hungarian assignment
+  matched to tracks by a cost of overlap (the better of mask and box IoU) and appearance, solved by
+  Hungarian assignment
   (:mod:`ovsam_ros.tracking.association`); an unmatched instance starts a tentative track that is
   confirmed after ``tracking.min_hits`` frames.
 
@@ -38,6 +39,7 @@ from ovsam_ros.prompts import Prompt, PromptKind
 from ovsam_ros.results import FrameResult, Instance, TrackState
 from ovsam_ros.tracking.association import associate, cost_matrix
 from ovsam_ros.tracking.regions import (
+    box_iou_matrix,
     colour_histogram,
     histogram_similarity,
     label_similarity,
@@ -96,6 +98,10 @@ class Track:
         """The last mask moved by the velocity to ``stamp``."""
         dx, dy = self.velocity * max(0.0, stamp - self.stamp)
         return shift_mask(self.mask, dx, dy) if dx or dy else self.mask
+
+    def predicted_box(self, stamp: float) -> np.ndarray:
+        """The last main box moved by the velocity to ``stamp``."""
+        return self.box + np.tile(self.velocity * max(0.0, stamp - self.stamp), 2)
 
 
 @dataclass
@@ -205,7 +211,12 @@ class Tracker:
         tracks = list(self._tracks.values())
         instances = [result.instances[k] for k in standing]
         references = [t.mask if t.id in seen else t.predicted_mask(stamp) for t in tracks]
-        iou = mask_iou_matrix(references, [i.mask for i in instances])
+        # A track's first move has no velocity yet, and a mask moved by a third of its width overlaps
+        # itself far less than its box does: the overlap is the better of mask and box IoU (SORT's
+        # measure), so a detector box every frame keeps its object's id when it moves fast.
+        boxes = [t.box if t.id in seen else t.predicted_box(stamp) for t in tracks]
+        iou = np.maximum(mask_iou_matrix(references, [i.mask for i in instances]),
+                         box_iou_matrix(boxes, [main_box(i.mask) for i in instances]))
         histograms = [None if image is None else colour_histogram(image, i.mask) for i in instances]
         similarity = np.full(iou.shape, np.nan)
         for r, track in enumerate(tracks):
