@@ -1,7 +1,8 @@
 """``ovsam-ros bench``: where the time and memory go, every figure from one run on one machine.
 
 Measured: the image encoder; one prompt decoded (and named) from cached features; batches of 1, 8
-and 32 prompts; everything mode (SAM's 32 x 32 grid) on the photo; the classifier (matmul + top-k) at
+and 32 prompts; everything mode (SAM's 32 x 32 grid) on the photo; tracks followed from frame to frame (one
+decoder call for all re-prompts, and the tracker's update) per track; the classifier (matmul + top-k) at
 80 / 1,203 / 21,843 classes, with each vocabulary's real synonym counts; the node-side
 conversions (Image message -> array, result -> messages) as a share of model time; peak memory; for
 OVSAM, the extra cost per prompt of the frozen-CLIP branch (ensemble vs head) relative to the
@@ -37,6 +38,7 @@ from ovsam_ros.model.base import ImageFeatures, Segmenter
 from ovsam_ros.predictor import Predictor
 
 BATCHES = (1, 8, 32)
+TRACKS = (1, 8)
 VOCABULARIES = ("coco", "lvis", "imagenet21k")
 CONVERSION_PROMPTS = 8
 TOP_K = 5
@@ -192,6 +194,41 @@ def bench_everything(predictor: Predictor, features: ImageFeatures, repeats: int
             "masks_kept": kept}
 
 
+def bench_tracking(predictor: Predictor, features: ImageFeatures, rgb: np.ndarray, repeats: int,
+                   warmup: int) -> dict:
+    """What tracks cost on each newly encoded frame, from its cached features: the re-prompts of 1 / 8
+    prompted tracks decoded in one batch, then the tracker's update (verification, appearance,
+    association); ``tracker_ms`` is the update alone. The tracks start from box prompts, as a
+    detector's or a click's would."""
+    from ovsam_ros.engine.processor import PredictorProcessor
+    from ovsam_ros.prompts import Prompt
+    from ovsam_ros.results import FrameResult
+    from ovsam_ros.tracking import Tracker
+
+    processor = PredictorProcessor(predictor)
+    size = features.original_size
+    out: dict = {}
+    for n in TRACKS:
+        tracker = Tracker()
+        boxes = [Prompt.from_box(b, id=f"det_{i}") for i, b in enumerate(random_boxes(n, size, seed=1))]
+        tracker.update(FrameResult(stamp=1.0, frame_id="bench", image_size=size,
+                                   instances=processor.answer(features, boxes), new_frame=True), rgb)
+        clock = {"stamp": 1.0, "update_s": []}
+
+        def frame(t: Tracker = tracker, c: dict = clock) -> None:
+            c["stamp"] += 0.1
+            instances = processor.answer(features, t.reprompts())
+            started = time.perf_counter()
+            t.update(FrameResult(stamp=c["stamp"], frame_id="bench", image_size=size, instances=instances,
+                                 new_frame=True), rgb)
+            c["update_s"].append(time.perf_counter() - started)
+
+        timing = measure(frame, repeats, warmup, predictor.device)
+        out[str(n)] = {**timing, "tracks": len(tracker.tracks), "per_track_ms": timing["median_ms"] / n,
+                       "tracker_ms": 1000 * statistics.median(clock["update_s"][warmup:])}
+    return out
+
+
 def ratios(result: dict) -> dict:
     """Per-prompt figures against the encode of the same run (the issue's goals are stated so)."""
     encode = result["encode"]["median_ms"]
@@ -200,6 +237,7 @@ def ratios(result: dict) -> dict:
         "encode_over_one_prompt": encode / decode["1"]["median_ms"],
         "prompts_32_over_encode": decode["32"]["median_ms"] / encode,
         "everything_over_encode": result["everything"]["median_ms"] / encode,
+        "track_over_encode": result["tracking"]["1"]["per_track_ms"] / encode,
     }
     classifier = result["classifier"]
     if result["names_masks"] and {"lvis", "imagenet21k"} <= set(classifier):
@@ -405,6 +443,7 @@ def run(args: argparse.Namespace) -> dict:
     result["names_masks"] = recognizer is not None
     result["decode"] = bench_prompts(predictor, features, reps, warm)
     result["everything"] = bench_everything(predictor, features, reps, warm)
+    result["tracking"] = bench_tracking(predictor, features, rgb, reps, warm)
     result["classifier"] = bench_classifier(768 if recognizer is None else recognizer.embed_dim,
                                             args.vocabularies, reps, warm, device)
     modes = recognizer is not None and hasattr(recognizer, "set_mode")

@@ -189,7 +189,7 @@ class TrackingConfig(_Section):
 
     enabled: bool = _param(False, "follow instances across frames: clicks and boxes are re-prompted on "
                                   "every newly encoded frame, standing outputs are matched to tracks, "
-                                  "ids are track ids")
+                                  "ids are track ids; turning it off ends every track", dynamic=True)
     keep_iou: float = _param(0.5, "mask IoU with the motion-predicted previous mask a tracked instance "
                                   "needs to stay tracked", range=(0.0, 1.0), dynamic=True)
     reacquire_iou: float = _param(0.6, "mask IoU a lost track needs to be found again (above keep_iou: "

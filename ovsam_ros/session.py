@@ -135,7 +135,8 @@ class Session:
         return self.engine.stop(timeout)
 
     def update(self, config: OvsamConfig) -> None:
-        """Apply changed dynamic settings in place: thresholds, timing, standing everything."""
+        """Apply changed dynamic settings in place: thresholds, timing, standing everything, tracking
+        on or off."""
         old, self.config = self.config, config
         self.engine.submit(lambda: self._apply_naming(config))
         engine_config = dataclasses.replace(config.engine, keep_images=True)
@@ -145,7 +146,14 @@ class Session:
             self.set_everything(config.everything.standing)
 
     def _apply_naming(self, config: OvsamConfig) -> None:
+        """Engine worker: the settings the model's answers and the tracks are made with."""
         self.processor.vocab_config, self.processor.everything = config.vocab, config.everything
+        if config.tracking.enabled and self.tracker is None:
+            self.tracker = Tracker(config.tracking)
+        elif not config.tracking.enabled and self.tracker is not None:
+            tracker, self.tracker = self.tracker, None
+            self._publish_ended(tracker.clear(), 0.0)
+            self._set_standing("tracks", [])
         if self.tracker is not None:
             self.tracker.config = config.tracking
 

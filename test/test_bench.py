@@ -36,8 +36,13 @@ def test_bench_smoke(mobile_sam_path, tmp_path, capsys):
     everything = result["everything"]
     _positive_times(everything)
     assert everything["points_per_side"] == 32 and everything["masks_kept"] >= 1
+    for n, entry in result["tracking"].items():
+        _positive_times(entry)
+        assert entry["tracks"] == int(n)  # the same object re-found on the same features every frame
+        assert entry["per_track_ms"] == pytest.approx(entry["median_ms"] / int(n))
+        assert 0 < entry["tracker_ms"] < entry["median_ms"]
     assert set(result["ratios"]) == {"encode_over_one_prompt", "prompts_32_over_encode",
-                                     "everything_over_encode"}
+                                     "everything_over_encode", "track_over_encode"}
     assert all(value > 0 for value in result["ratios"].values())
     for entry in result["classifier"].values():
         _positive_times(entry["1"])

@@ -428,6 +428,41 @@ def test_overlay_is_drawn_only_while_subscribed(ros, photo):
     client.wait_for(lambda: not node._wants("overlay"), "the overlay subscriber to leave")
 
 
+def test_tracking_follows_a_click_with_one_id_and_ends_when_turned_off(ros, photo):
+    """``ros2 param set /ovsam_node tracking.enabled true``: a click on one frame keeps its toy on the
+    next frames of a panning camera with one track id and no new prompt (the tracks stand, so
+    ``engine.encode_mode: auto`` encodes for them); ``tracking.enabled false`` ends the track with an
+    event on ~/track_events."""
+    node, client = ros
+    rgb, gts = photo
+    client.subscribe(InstanceArray, "track_events", "track_events")
+    assert node.set_parameters([Parameter("tracking.enabled", value=True),
+                                Parameter("engine.encode_mode", value="auto")])[0].successful
+    try:
+        sec, masks = 1_700_000_400, []
+        for t in range(3):
+            before = len(client.got["instances"])
+            shifted = np.roll(rgb, 10 * t, axis=1)
+            client.image_pub.publish(_image_msg(shifted, sec + t))
+            if t == 0:
+                client.points_pub.publish(_point_msg(_inside_point(gts[0]), sec, 0, "follow_me"))
+            result = client.result_of(sec + t, since=before)
+            (inst,) = result.instances
+            assert inst.prompt_id == "follow_me" and inst.track_state == Instance.TRACK_CONFIRMED
+            assert inst.track_age == t and inst.id == str(inst.track_id) and inst.track_id > 0
+            masks.append((inst.track_id, _mask(inst, rgb.shape[:2])))
+        assert len({track_id for track_id, _ in masks}) == 1
+        for t, (_, mask) in enumerate(masks):
+            assert _iou(mask, np.roll(masks[0][1], 10 * t, axis=1)) > 0.8
+    finally:
+        assert node.set_parameters([Parameter("tracking.enabled", value=False),
+                                    Parameter("engine.encode_mode", value="on_demand")])[0].successful
+    client.wait_for(lambda: client.got["track_events"], "the end event of the track")
+    (ended,) = client.got["track_events"][0].instances
+    assert (ended.track_id, ended.track_state) == (masks[0][0], Instance.TRACK_ENDED)
+    client.wait_for(lambda: "tracks" not in node_standing(node), "the re-prompts to stop standing")
+
+
 def test_concurrent_segment_calls_during_streaming_match_sequential_ones(ros, photo):
     """Three ~/segment calls at once (each a box and a text query on a given image) while frames stream
     and a text query stands: the model runs on one thread, so each answer equals the same call made

@@ -285,3 +285,47 @@ def test_query_cache_is_bounded_in_entries_and_bytes():
     cache.get_or_build("big", lambda: Sized(90))  # over the byte bound: the least recent go first
     assert len(cache) == 2 and cache.nbytes == 100
     cache.get_or_build("q2", lambda: pytest.fail("q2 was used last before big"))
+
+
+@pytest.mark.slow
+def test_tracking_turned_on_follows_a_click_and_turned_off_ends_it(processor, photo):
+    """``tracking.enabled`` is dynamic: switched on, a click on one frame keeps its toy (one track id in
+    InstanceArray, Detection2D and the instance image) on later frames with no new prompt; switched
+    off, the track ends with an event on track_events and later frames get no answer."""
+    rgb, gts = photo
+    session, out = _session(processor)
+    tracking = dataclasses.replace(session.config.tracking, enabled=True)
+    engine = dataclasses.replace(session.config.engine, encode_mode="auto")  # tracks are standing prompts
+    on = dataclasses.replace(session.config, tracking=tracking, engine=engine)
+    session.update(on)
+    u, v = _inside(gts[0])
+    for t in range(3):  # the camera pans 8 px a frame
+        shifted = np.roll(rgb, 8 * t, axis=1)
+        session.image(_image(shifted, T0 + t))
+        if t == 0:
+            session.points(F.make("ovsam_ros/msg/PointPrompt", header=make_header(F, T0, "camera"),
+                                  id="grasp", labels=[1],
+                                  points=[F.make("geometry_msgs/msg/Point", x=float(u), y=float(v))]))
+        session.engine.finish()  # this frame's prompts are all in
+    arrays, images = out.of("instances"), out.of("instance_image")
+    assert [stamp_seconds(a.header.stamp) for a in arrays] == [T0, T0 + 1, T0 + 2]
+    track_ids = {i.track_id for a in arrays for i in a.instances}
+    assert len(track_ids) == 1 and 0 not in track_ids
+    (track_id,) = track_ids
+    first = roi_image_to_mask(arrays[0].instances[0].mask, arrays[0].instances[0].roi, rgb.shape[:2])
+    for t, (array, image) in enumerate(zip(arrays, images, strict=True)):
+        (inst,) = array.instances
+        assert inst.prompt_id == "grasp" and inst.id == str(track_id) and inst.track_age == t
+        assert inst.track_state == 2  # Instance.TRACK_CONFIRMED
+        mask = roi_image_to_mask(inst.mask, inst.roi, rgb.shape[:2])
+        assert _iou(mask, np.roll(first, 8 * t, axis=1)) > 0.8  # what the click selected, moved
+        values = np.unique(np.frombuffer(bytes(image.data), np.uint16))
+        assert values.tolist() == [0, track_id]
+    assert [d.id for a in out.of("detections") for d in a.detections] == [str(track_id)] * 3
+
+    session.update(dataclasses.replace(on, tracking=dataclasses.replace(on.tracking, enabled=False)))
+    session.image(_image(rgb, T0 + 3))
+    session.engine.finish()
+    (event,) = out.of("track_events")
+    assert [(i.track_id, i.track_state) for i in event.instances] == [(track_id, 4)]  # TRACK_ENDED
+    assert len(out.of("instances")) == 3 and session.tracker is None
