@@ -199,7 +199,9 @@ def bench_tracking(predictor: Predictor, features: ImageFeatures, rgb: np.ndarra
     """What tracks cost on each newly encoded frame, from its cached features: the re-prompts of 1 / 8
     prompted tracks decoded in one batch, then the tracker's update (verification, appearance,
     association); ``tracker_ms`` is the update alone. The tracks start from box prompts, as a
-    detector's or a click's would."""
+    detector's or a click's would, and never end (a lost track is re-prompted all the same), so every
+    frame pays for all of them."""
+    from ovsam_ros.config import TrackingConfig, parameter_specs
     from ovsam_ros.engine.processor import PredictorProcessor
     from ovsam_ros.prompts import Prompt
     from ovsam_ros.results import FrameResult
@@ -207,9 +209,10 @@ def bench_tracking(predictor: Predictor, features: ImageFeatures, rgb: np.ndarra
 
     processor = PredictorProcessor(predictor)
     size = features.original_size
+    _, never_end = next(s.range for s in parameter_specs() if s.name == "tracking.max_lost_frames")
     out: dict = {}
     for n in TRACKS:
-        tracker = Tracker()
+        tracker = Tracker(TrackingConfig(enabled=True, max_lost_frames=int(never_end)))
         boxes = [Prompt.from_box(b, id=f"det_{i}") for i, b in enumerate(random_boxes(n, size, seed=1))]
         tracker.update(FrameResult(stamp=1.0, frame_id="bench", image_size=size,
                                    instances=processor.answer(features, boxes), new_frame=True), rgb)

@@ -176,3 +176,14 @@ def test_a_fast_first_move_keeps_its_id_by_box_overlap():
     assert moved.track_id == first.track_id and len(tracker.tracks) == 1
     far = tracker.update(frame(2, [inst(ring(130), PromptKind.BOX, "det_0")])).instances[0]
     assert far.track_id != first.track_id  # no overlap of either kind: a new object
+
+
+def test_per_mask_work_within_the_instance_box_equals_the_whole_frame():
+    """main_box and colour_histogram look only inside the box every Instance carries: same answers."""
+    from ovsam_ros.tracking.regions import colour_histogram, main_box
+
+    mask = disc(60, 50, 20) | disc(140, 110, 3)  # an object and a stray speck far from it
+    image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    box = mask_bbox(mask)
+    assert main_box(mask, box).tolist() == main_box(mask).tolist() == list(mask_bbox(disc(60, 50, 20)))
+    assert np.array_equal(colour_histogram(image, mask, box), colour_histogram(image, mask))

@@ -54,12 +54,23 @@ def shift_mask(mask: np.ndarray, dx: float, dy: float) -> np.ndarray:
     return out
 
 
-def colour_histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """L1-normalised joint RGB histogram of the pixels under ``mask``; None for an empty mask or a
-    non-RGB image."""
+def _window(mask: np.ndarray, bbox: Sequence[float] | None) -> tuple[slice, slice]:
+    """The rows and columns of ``bbox`` (``[x0, y0, x1, y1]``, x1/y1 exclusive; the box of the mask,
+    as every Instance carries it): per-mask work then costs the object's size, not the image's."""
+    if bbox is None:
+        return slice(None), slice(None)
+    x0, y0, x1, y1 = (int(v) for v in bbox)
+    return slice(max(0, y0), max(0, y1)), slice(max(0, x0), max(0, x1))
+
+
+def colour_histogram(image: np.ndarray, mask: np.ndarray, bbox: Sequence[float] | None = None
+                     ) -> np.ndarray | None:
+    """L1-normalised joint RGB histogram of the pixels under ``mask`` (within ``bbox``, its box, when
+    given); None for an empty mask or a non-RGB image."""
     if image.ndim != 3 or image.shape[2] < 3 or image.shape[:2] != mask.shape:
         return None
-    pixels = image[mask > 0][:, :3]
+    rows, cols = _window(mask, bbox)
+    pixels = image[rows, cols][mask[rows, cols] > 0][:, :3]
     if len(pixels) == 0:
         return None
     q = (pixels.astype(np.int64) * HISTOGRAM_BINS) // 256
@@ -86,11 +97,14 @@ def label_similarity(p: dict[str, float], q: Sequence[tuple[str, float]]) -> flo
     return float(sum(np.sqrt(p.get(name, 0.0) / total_p * value / total_q) for name, value in q))
 
 
-def main_box(mask: np.ndarray) -> np.ndarray:
-    """``[x0, y0, x1, y1]`` (x1/y1 exclusive) of the mask's largest connected part: a stray speck of a
-    neighbour in a mask would otherwise stretch a re-prompt box over the neighbour. Zeros when empty."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+def main_box(mask: np.ndarray, bbox: Sequence[float] | None = None) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` (x1/y1 exclusive) of the mask's largest connected part (looked for within
+    ``bbox``, its box, when given): a stray speck of a neighbour in a mask would otherwise stretch a
+    re-prompt box over the neighbour. Zeros when empty."""
+    rows, cols = _window(mask, bbox)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask[rows, cols].astype(np.uint8), connectivity=8)
     if count < 2:
         return np.zeros(4)
     x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
-    return np.array([x, y, x + w, y + h], dtype=np.float64)
+    x0, y0 = x + (cols.start or 0), y + (rows.start or 0)
+    return np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)

@@ -91,7 +91,7 @@ class Track:
     def box(self) -> np.ndarray:
         """The box of the mask's main part (what re-prompts and velocities use)."""
         if self._box is None:
-            self._box = main_box(self.mask)
+            self._box = main_box(self.mask, self.instance.bbox)
         return self._box
 
     def predicted_mask(self, stamp: float) -> np.ndarray:
@@ -172,8 +172,9 @@ class Tracker:
             if inst.prompt_id.startswith(REPROMPT_PREFIX):
                 track = self._tracks.get(self._reprompt_id(inst.prompt_id))
                 current = track is not None and fresh and stamp > track.stamp
-                if current and self._verify(track, inst, image, stamp):
-                    self._hit(track, inst, image, stamp)
+                same, histogram = self._verify(track, inst, image, stamp) if current else (False, None)
+                if same:
+                    self._hit(track, inst, image, stamp, histogram)
                     seen.add(track.id)
                     out[k] = self._emit(track, inst)
             elif inst.prompt_kind == PromptKind.POINT:
@@ -216,8 +217,8 @@ class Tracker:
         # measure), so a detector box every frame keeps its object's id when it moves fast.
         boxes = [t.box if t.id in seen else t.predicted_box(stamp) for t in tracks]
         iou = np.maximum(mask_iou_matrix(references, [i.mask for i in instances]),
-                         box_iou_matrix(boxes, [main_box(i.mask) for i in instances]))
-        histograms = [None if image is None else colour_histogram(image, i.mask) for i in instances]
+                         box_iou_matrix(boxes, [main_box(i.mask, i.bbox) for i in instances]))
+        histograms = [None if image is None else colour_histogram(image, i.mask, i.bbox) for i in instances]
         similarity = np.full(iou.shape, np.nan)
         for r, track in enumerate(tracks):
             for c, inst in enumerate(instances):
@@ -257,19 +258,20 @@ class Tracker:
                               label_similarity(track.label_sums, inst.top_k)) if v is not None]
         return float(np.mean(values)) if values else None
 
-    def _verify(self, track: Track, inst: Instance, image: np.ndarray | None, stamp: float) -> bool:
-        """The re-prompt's answer is still the track's object: overlap with where the object should be
+    def _verify(self, track: Track, inst: Instance, image: np.ndarray | None, stamp: float
+                ) -> tuple[bool, np.ndarray | None]:
+        """Is the re-prompt's answer still the track's object: overlap with where the object should be
         now (or where it was), above the keep (seen) or the reacquire (lost) threshold, and a similar
-        appearance."""
+        appearance? With the answer's colour histogram (None without an image), for the hit to reuse."""
         cfg = self.config
         # the motion model may be wrong (an object that stops): the unmoved mask is a second guess
         iou = float(mask_iou_matrix([inst.mask], [track.predicted_mask(stamp), track.mask]).max())
         needed = cfg.reacquire_iou if track.state == TrackState.LOST else cfg.keep_iou
         if iou < needed or not inst.mask.any():
-            return False
-        histogram = None if image is None else colour_histogram(image, inst.mask)
+            return False, None
+        histogram = None if image is None else colour_histogram(image, inst.mask, inst.bbox)
         similarity = self._similarity(track, inst, histogram)
-        return similarity is None or similarity >= cfg.min_similarity
+        return similarity is None or similarity >= cfg.min_similarity, histogram
 
     def _new_id(self) -> int:
         for _ in range(MAX_ID):
@@ -289,7 +291,7 @@ class Tracker:
                       instance=inst, stamp=stamp,
                       state=TrackState.CONFIRMED if confirmed else TrackState.TENTATIVE)
         if histogram is None and image is not None:
-            histogram = colour_histogram(image, inst.mask)
+            histogram = colour_histogram(image, inst.mask, inst.bbox)
         track.histogram = histogram
         self._vote(track, inst)
         self._tracks[track.id] = track
@@ -298,7 +300,7 @@ class Tracker:
     def _restart(self, track: Track, inst: Instance, image: np.ndarray | None, stamp: float) -> None:
         track.instance, track.stamp, track.misses, track._box = inst, max(stamp, track.stamp), 0, None
         track.state, track.velocity = TrackState.CONFIRMED, np.zeros(2)
-        track.histogram = None if image is None else colour_histogram(image, inst.mask)
+        track.histogram = None if image is None else colour_histogram(image, inst.mask, inst.bbox)
         track.label_sums.clear()
         track.votes = 0
         self._vote(track, inst)
@@ -307,13 +309,13 @@ class Tracker:
              histogram: np.ndarray | None = None) -> None:
         dt = stamp - track.stamp
         if dt > 0 and inst.mask.any():
-            measured = (_centre(main_box(inst.mask)) - _centre(track.box)) / dt
+            measured = (_centre(main_box(inst.mask, inst.bbox)) - _centre(track.box)) / dt
             first = track.hits == 1
             track.velocity = measured if first else (
                 VELOCITY_SMOOTHING * measured + (1 - VELOCITY_SMOOTHING) * track.velocity)
             track.interval = dt / (track.misses + 1)
         if histogram is None and image is not None:
-            histogram = colour_histogram(image, inst.mask)
+            histogram = colour_histogram(image, inst.mask, inst.bbox)
         if histogram is not None:
             track.histogram = histogram if track.histogram is None else (
                 APPEARANCE_SMOOTHING * histogram + (1 - APPEARANCE_SMOOTHING) * track.histogram)
