@@ -38,9 +38,10 @@ def test_clip_branch_is_roialign_12x12_on_c5_then_clips_attention_pool():
         got = branch(c5, boxes)
         crops = roi_align(c5, torch.cat([torch.zeros(3, 1), boxes], 1), 12, spatial_scale=1 / 32,
                           sampling_ratio=0, aligned=True)
-        assert torch.equal(got, pool(crops))  # open_clip's own module on torchvision's crops
+        full = pool(crops)  # open_clip's own module (all 145 query rows) on torchvision's crops
         want = _attention_pool_by_hand(crops, pool)
     assert got.shape == (3, 768)
+    assert (got - full).abs().max().item() <= 1e-5 * full.abs().max().item()  # the class row alone
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
