@@ -313,6 +313,18 @@ def _stats(replay: _Replay, src: Path, dst: Path, storage: str, roles: dict[str,
     }
 
 
+def count_images(path: str | Path, topics: BagTopics | None = None) -> int:
+    """Image messages a replay of the bag with ``topics`` will read, from the bag's own message counts
+    (no message is read). Raises :class:`BagError` for a bag that cannot be opened or has no usable image
+    topic."""
+    reader = _open_reader(Path(path))
+    try:
+        roles = resolve_topics({c.topic: c.msgtype for c in reader.connections}, topics or BagTopics())
+        return sum(c.msgcount for c in reader.connections if c.topic == roles["image"])
+    finally:
+        reader.close()
+
+
 def topic_types(path: str | Path) -> dict[str, str]:
     """Topic -> message type of a bag (for listing what a bag holds)."""
     reader = _open_reader(Path(path))

@@ -289,6 +289,33 @@ def cmd_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """``fleet label``: the replay of ``bag`` over many bags on a Ray cluster (:mod:`ovsam_ros.fleet`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise CliError("Ray is not installed: pip install 'ovsam_ros[fleet]'")
+    from ovsam_ros.fleet import MANIFEST, FleetJob, label_fleet
+
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.retries < 0:
+        raise CliError(f"--retries must be 0 or more, got {args.retries}")
+    job = FleetJob(*processor_configs(args), replay=replay_options(args))
+    run = label_fleet(args.inputs, args.output, job, workers=args.workers, address=args.address,
+                      num_cpus=args.num_cpus, retries=args.retries, progress=not args.quiet)
+    total = len(run.processed) + len(run.skipped) + len(run.failed)
+    if not args.quiet:
+        print(f"{len(run.processed)} bag(s) labelled, {len(run.skipped)} already done, {len(run.failed)} "
+              f"failed, of {total} -> {args.output}")
+    if run.failed:
+        name, reason = sorted(run.failed.items())[0]
+        first = " ".join(reason.split())
+        raise CliError(f"{len(run.failed)} of {total} bag(s) failed (reasons in "
+                       f"{Path(args.output) / MANIFEST}); first: {name}: {first}")
+    return 0
+
+
 def _export_tracks(args: argparse.Namespace, processor: Any) -> None:
     """``--tracks-mot`` / ``--tracks-coco``: the tracks of the bag just written."""
     if not (args.tracks_mot or args.tracks_coco):
@@ -495,6 +522,30 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", metavar="STATS.json", help="frames, encodes, prompts, instances, timings")
     _add_model_options(p)
     p.set_defaults(run=cmd_bag)
+
+    p = sub.add_parser("fleet", help="label many bags on a Ray cluster (`ovsam-ros fleet label --help`)",
+                       description="Label a fleet's recordings on a Ray cluster (needs the fleet extra: "
+                                   "pip install 'ovsam_ros[fleet]').")
+    fsub = p.add_subparsers(dest="fleet_command", metavar="label", required=True)
+    f = fsub.add_parser("label", help="replay many bags as `ovsam-ros bag` does, resumable",
+                        description="Replay every BAG (or every bag found under DIR) as `ovsam-ros bag` "
+                                    "does, one model per worker: one labelled bag each in OUT_DIR, "
+                                    "OUT_DIR/manifest.json (per-bag counts, timings, status, content hash; "
+                                    "per-worker throughput) and OUT_DIR/coco.json across the fleet. A re-run "
+                                    "skips the bags already done with the same bytes and settings.")
+    f.add_argument("inputs", nargs="+", metavar="BAG_OR_DIR")
+    f.add_argument("output", metavar="OUT_DIR")
+    f.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto: the running one; default: start a local Ray)")
+    f.add_argument("--workers", type=int, default=None,
+                   help="model workers (default: one per GPU of the cluster, else one)")
+    f.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray (default: all); CPU workers share them")
+    f.add_argument("--retries", type=int, default=2,
+                   help="restarts of a killed worker, and retries of the bag it had (default: %(default)s)")
+    _add_replay_options(f)
+    _add_model_options(f)
+    f.set_defaults(run=cmd_fleet)
 
     p = sub.add_parser("export-coco", help="results of `segment` (JSON) or `bag` (bag) as COCO JSON",
                        description="Write the instances of INPUT (a JSON from `ovsam-ros segment` or a bag "
