@@ -340,8 +340,9 @@ def _run_on_ray(todo: list[Shard], out: Path, job: FleetJob, manifest: dict, run
         if gpus:
             options["num_gpus"] = gpus / count if workers else 1
             threads = 0
-        else:
-            threads = max(1, int(resources.get("CPU", 1)) // count)
+        else:  # the cores shared out, but no more than one machine has (an actor runs on one)
+            largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+            threads = max(1, min(int(resources.get("CPU", 1)) // count, int(largest)))
             options["num_cpus"] = threads
             if model.device == "auto":
                 model = dataclasses.replace(model, device="cpu")
