@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -18,9 +19,10 @@ import torch
 from rosbags.rosbag2 import Reader
 from test_bag import T0, BagBuilder, gt  # noqa: F401 (gt: a fixture)
 
-from ovsam_ros.bag import read_results
+from ovsam_ros.bag import ReplayOptions, read_results
 from ovsam_ros.cli import main
-from ovsam_ros.fleet import CRASH_ENV, MANIFEST, content_hash, find_bags
+from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
+from ovsam_ros.fleet import CRASH_ENV, MANIFEST, FleetJob, content_hash, find_bags, settings_hash
 
 ray = pytest.importorskip("ray")
 
@@ -215,3 +217,23 @@ def test_bags_are_found_in_folders_and_named_uniquely(tmp_path):
 def test_missing_input_is_one_line(tmp_path):
     code, err = _cli("fleet", "label", str(tmp_path / "nope"), str(tmp_path / "out"))
     assert code == 1 and err.strip() == f"ovsam-ros fleet: error: input {tmp_path / 'nope'} does not exist"
+
+
+def test_settings_hash_covers_what_shapes_the_output():
+    def job(**replay: object) -> FleetJob:
+        return FleetJob(ModelConfig(preset="mobilesam"), VocabConfig(), EverythingConfig(),
+                        ReplayOptions(**replay))
+
+    base = settings_hash(job().settings())
+    assert settings_hash(job(progress=False, on_image=print).settings()) == base  # reporting only
+    assert settings_hash(job(text="mug").settings()) != base
+    assert settings_hash(job(track=True).settings()) != base
+    other_model = FleetJob(ModelConfig(preset="sam-clip"), VocabConfig(), EverythingConfig(), ReplayOptions())
+    assert settings_hash(other_model.settings()) != base
+
+
+def test_without_ray_the_command_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    code, err = _cli("fleet", "label", str(tmp_path), str(tmp_path / "out"))
+    assert code == 1
+    assert err.strip() == "ovsam-ros fleet: error: Ray is not installed: pip install 'ovsam_ros[fleet]'"
