@@ -87,11 +87,10 @@ def settings_hash(settings: dict) -> str:
 
 @dataclass(frozen=True)
 class Shard:
-    """One input bag: its name in OUT_DIR, its path, content hash and image messages to label."""
+    """One input bag: its name in OUT_DIR, its path and the image messages to label."""
 
     name: str
     path: Path
-    input_sha256: str
     frames: int
 
 
@@ -291,7 +290,7 @@ def label_fleet(inputs: Sequence[str | Path], out_dir: str | Path, job: FleetJob
             continue
         base = {"input": str(path), "input_sha256": digest, "settings_sha256": key}
         try:
-            todo.append(Shard(name, path, digest, count_images(path, job.replay.topics)))
+            todo.append(Shard(name, path, count_images(path, job.replay.topics)))
             manifest["bags"][name] = {**base, "status": "pending"}
         except BagError as exc:
             manifest["bags"][name] = {**base, "status": "failed", "reason": str(exc)}
