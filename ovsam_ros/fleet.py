@@ -150,14 +150,17 @@ def content_hash(path: Path) -> str:
 class LabelWorker:
     """A Ray actor: one model, loaded once, replaying the bags it is given into OUT_DIR."""
 
-    def __init__(self, index: int, job: FleetJob, out_dir: str, progress: Any, threads: int) -> None:
+    def __init__(self, index: int, job: FleetJob, out_dir: str, board: str, threads: int) -> None:
+        import ray
         import torch
 
         from ovsam_ros.pipeline import PipelineError, build_processor
 
         if threads > 0:
             torch.set_num_threads(threads)
-        self.index, self.job, self.out_dir, self.progress = index, job, Path(out_dir), progress
+        # The board by name, not by handle: an actor whose arguments hold handles may not restart.
+        self.index, self.job, self.out_dir = index, job, Path(out_dir)
+        self.board = ray.get_actor(board)
         self.processor: Any = None
         self.error = ""
         started = time.perf_counter()
@@ -200,7 +203,7 @@ class LabelWorker:
                 "seconds": round(time.perf_counter() - started, 3)}
 
     def _image(self, name: str, count: int, crash: int | None) -> None:
-        self.progress.set.remote(name, count)
+        self.board.set.remote(name, count)
         if crash is not None and count >= crash:
             marker = Path(os.environ[CRASH_ENV].split(":", 2)[2])
             if not marker.exists():
@@ -345,10 +348,11 @@ def _run_on_ray(todo: list[Shard], out: Path, job: FleetJob, manifest: dict, run
             options["num_cpus"] = threads
             if model.device == "auto":
                 model = dataclasses.replace(model, device="cpu")
-        board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+        board_name = f"ovsam-fleet-progress-{uuid.uuid4().hex[:12]}"
+        board = ray.remote(ProgressBoard).options(num_cpus=0, name=board_name).remote()
         actor = ray.remote(LabelWorker).options(**options)
         job = dataclasses.replace(job, model=model)
-        pool = [actor.remote(i, job, str(out), board, threads) for i in range(count)]
+        pool = [actor.remote(i, job, str(out), board_name, threads) for i in range(count)]
         queue = sorted(todo, key=lambda s: -s.frames)
         running: dict[Any, tuple[int, Shard]] = {}
         idle = list(range(count))
