@@ -329,7 +329,7 @@ def _run_on_ray(todo: list[Shard], out: Path, job: FleetJob, manifest: dict, run
     started_here = not ray.is_initialized()
     if started_here:
         local = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
-        ray.init(address=address, log_to_driver=False, configure_logging=False, **local)
+        ray.init(address=address or "local", log_to_driver=False, configure_logging=False, **local)
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if job.model.device != "cpu" else 0

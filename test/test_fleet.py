@@ -42,8 +42,10 @@ def _cli(*argv: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray for the module (2 CPUs: two CPU workers of one thread each)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """One new local Ray for the module (2 CPUs: two CPU workers of one thread each), whatever cluster
+    this machine may run."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     yield
     ray.shutdown()
 
@@ -96,8 +98,12 @@ def reference(tmp_path_factory, recordings, mobile_sam_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(cluster, tmp_path_factory, recordings, mobile_sam_path) -> tuple[Path, int, str, Path]:
-    """The fleet over the whole folder, two workers; the worker on CRASHED dies after its second frame."""
+def first_run(cluster, tmp_path_factory, recordings, reference, mobile_sam_path,
+              ) -> tuple[Path, int, str, Path]:
+    """The fleet over the whole folder, two workers; the worker on CRASHED dies after its second frame.
+    The folder also holds an output of `ovsam-ros bag`, which opens but which a worker refuses to
+    replay (it has /ovsam/ topics already)."""
+    shutil.copytree(reference / "a_mcap", recordings / "relabelled")
     out = tmp_path_factory.mktemp("fleet") / "labelled"
     marker = out.parent / "crashed"
     with pytest.MonkeyPatch.context() as mp:
@@ -155,14 +161,17 @@ def test_killed_worker_is_restarted_and_its_bag_done_once(first_run):
 
 
 @pytest.mark.slow
-def test_corrupt_bags_fail_alone_with_their_reasons(first_run, recordings):
+def test_bad_bags_fail_alone_with_their_reasons(first_run, recordings):
     out, code, err, _ = first_run
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "2 of 6 bag(s) failed" in err
+    assert "3 of 7 bag(s) failed" in err
     manifest = json.loads((out / MANIFEST).read_text())
     bags = manifest["bags"]
     assert bags["junk"]["status"] == "failed" and "cannot open bag" in bags["junk"]["reason"]
     assert bags["truncated"]["status"] == "failed" and bags["truncated"]["reason"]
+    refused = bags["relabelled"]  # opened by the driver, refused in a worker
+    assert refused["status"] == "failed" and "already has /ovsam/" in refused["reason"]
+    assert "worker" in refused
     for name in GOOD:
         entry = bags[name]
         assert entry["status"] == "done" and entry["frames"] == FRAMES and entry["instances"] > 0
