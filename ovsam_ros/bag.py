@@ -23,7 +23,8 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from ovsam_ros.config import OvsamConfig
 from ovsam_ros.engine import EngineConfig
-from ovsam_ros.results import FrameResult
+from ovsam_ros.results import FrameResult, Instance
 from ovsam_ros.ros.factory import RosbagsFactory
 from ovsam_ros.ros.interfaces import typestore
 from ovsam_ros.ros.message_builders import stamp_seconds
@@ -145,6 +146,9 @@ class ReplayOptions:
     config: OvsamConfig = field(default_factory=lambda: OvsamConfig(
         engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=0.0)))
     progress: bool = True
+    on_image: Callable[[int], None] | None = None
+    """Called after each image message is answered, with the number of image messages read so far
+    (how a fleet run reports its progress across bags)."""
 
 
 class _Replay:
@@ -276,6 +280,9 @@ def _replay(reader: Reader, writer: Writer, store: Any, roles: dict[str, str], p
         role = by_topic.get(conn.topic)
         if role is not None:
             replay.feed(role, store.deserialize_cdr(bytes(data), conn.msgtype), bag_ns)
+            if role == "image" and options.on_image is not None:
+                replay.counts["images"] += 1
+                options.on_image(replay.counts["images"])
     replay.engine.finish()
     return replay
 
@@ -306,6 +313,18 @@ def _stats(replay: _Replay, src: Path, dst: Path, storage: str, roles: dict[str,
     }
 
 
+def count_images(path: str | Path, topics: BagTopics | None = None) -> int:
+    """Image messages a replay of the bag with ``topics`` will read, from the bag's own message counts
+    (no message is read). Raises :class:`BagError` for a bag that cannot be opened or has no usable image
+    topic."""
+    reader = _open_reader(Path(path))
+    try:
+        roles = resolve_topics({c.topic: c.msgtype for c in reader.connections}, topics or BagTopics())
+        return sum(c.msgcount for c in reader.connections if c.topic == roles["image"])
+    finally:
+        reader.close()
+
+
 def topic_types(path: str | Path) -> dict[str, str]:
     """Topic -> message type of a bag (for listing what a bag holds)."""
     reader = _open_reader(Path(path))
@@ -333,3 +352,20 @@ def read_results(path: str | Path, topic: str = OUTPUTS["instances"][0]) -> list
     finally:
         reader.close()
 
+
+
+def frame_images(path: str | Path, topic: str = OUTPUTS["instances"][0],
+                 ) -> tuple[list[tuple[str, int, int, list[Instance]]], str]:
+    """One image per source frame of a bag written by the replay (the results of a frame merged), named
+    ``<frame_id>@<stamp>``, as ``(name, height, width, instances)``; and the recorded vocabulary label."""
+    frames: dict[float, list[FrameResult]] = defaultdict(list)
+    for _, result in read_results(path, topic):
+        frames[result.stamp].append(result)
+    images, label = [], ""
+    for stamp in sorted(frames):
+        first = frames[stamp][0]
+        label = label or first.vocabulary
+        name = f"{first.frame_id or 'frame'}@{stamp:.9f}"
+        instances = [inst for result in frames[stamp] for inst in result.instances]
+        images.append((name, first.image_size[0], first.image_size[1], instances))
+    return images, label

@@ -13,7 +13,6 @@ import importlib
 import json
 import logging
 import sys
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,16 +101,22 @@ def prompt_record(inst: Instance, prompts: dict[str, Prompt]) -> dict:
 # ---------------------------------------------------------------------------------------------- model
 
 
-def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, str]:
-    """The prompt processor with its vocabulary set (when the model can name masks); returns it and the
-    vocabulary label ("" when recognition is off)."""
+def processor_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model, vocabulary and everything-mode settings of the model flags: what
+    :func:`ovsam_ros.pipeline.build_processor` takes (here, and in each worker of ``fleet label``)."""
     from ovsam_ros.config import EverythingConfig, VocabConfig
-    from ovsam_ros.pipeline import build_processor as build
 
     vocab = VocabConfig(vocabulary=args.vocab, top_k=args.top_k,
                         embeddings_file=str(args.vocab_embeddings or ""))
-    processor = build(model_config(args), vocab,
-                      EverythingConfig(points_per_side=args.points_per_side), progress=not args.quiet)
+    return model_config(args), vocab, EverythingConfig(points_per_side=args.points_per_side)
+
+
+def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, str]:
+    """The prompt processor with its vocabulary set (when the model can name masks); returns it and the
+    vocabulary label ("" when recognition is off)."""
+    from ovsam_ros.pipeline import build_processor as build
+
+    processor = build(*processor_configs(args), progress=not args.quiet)
     if processor.vocabulary is None:
         if needs_names:
             raise CliError(f"text queries need a recognizer, and the {args.model} model only segments "
@@ -246,22 +251,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- bag
 
 
-def cmd_bag(args: argparse.Namespace) -> int:
-    from ovsam_ros.bag import BagTopics, ReplayOptions, replay_bag, resolve_topics, topic_types
+def replay_options(args: argparse.Namespace) -> Any:
+    """The :class:`~ovsam_ros.bag.ReplayOptions` of the replay flags (``bag`` and ``fleet label``)."""
+    from ovsam_ros.bag import BagTopics, ReplayOptions
     from ovsam_ros.config import OvsamConfig
     from ovsam_ros.engine import EngineConfig
 
     topics = BagTopics(image=args.image_topic, camera_info=args.camera_info_topic, points=args.points_topic,
                        boxes=args.boxes_topic, text=args.text_topic, clicked_point=args.clicked_point_topic)
-    resolve_topics(topic_types(args.input), topics)  # a wrong topic fails before the model loads
+    config = OvsamConfig(engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
+    return ReplayOptions(topics=topics, text=args.text, everything=args.everything, track=args.track,
+                         storage=args.storage, config=config, progress=not args.quiet)
+
+
+def cmd_bag(args: argparse.Namespace) -> int:
+    from ovsam_ros.bag import replay_bag, resolve_topics, topic_types
+
+    options = replay_options(args)
+    resolve_topics(topic_types(args.input), options.topics)  # a wrong topic fails before the model loads
     if Path(args.output).exists():
         raise CliError(f"output {args.output} already exists; remove it or choose another path")
     processor, _ = build_processor(args, needs_names=bool(args.text.strip()))
-    config = OvsamConfig(engine=EngineConfig(encode_mode="auto", max_encode_rate_hz=float(args.encode_rate)))
     if (args.tracks_mot or args.tracks_coco) and not args.track:
         raise CliError("--tracks-mot / --tracks-coco export tracks: add --track")
-    options = ReplayOptions(topics=topics, text=args.text, everything=args.everything, track=args.track,
-                            storage=args.storage, config=config, progress=not args.quiet)
     stats = replay_bag(args.input, args.output, processor, options)
     _export_tracks(args, processor)
     if args.stats:
@@ -274,6 +286,33 @@ def cmd_bag(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{stats['frames']} frame(s), {stats['encodes']} encode(s), {stats['instances']} instance(s) "
               f"-> {args.output}")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """``fleet label``: the replay of ``bag`` over many bags on a Ray cluster (:mod:`ovsam_ros.fleet`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise CliError("Ray is not installed: pip install 'ovsam_ros[fleet]'")
+    from ovsam_ros.fleet import MANIFEST, FleetJob, label_fleet
+
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.retries < 0:
+        raise CliError(f"--retries must be 0 or more, got {args.retries}")
+    job = FleetJob(*processor_configs(args), replay=replay_options(args))
+    run = label_fleet(args.inputs, args.output, job, workers=args.workers, address=args.address,
+                      num_cpus=args.num_cpus, retries=args.retries, progress=not args.quiet)
+    total = len(run.processed) + len(run.skipped) + len(run.failed)
+    if not args.quiet:
+        print(f"{len(run.processed)} bag(s) labelled, {len(run.skipped)} already done, {len(run.failed)} "
+              f"failed, of {total} -> {args.output}")
+    if run.failed:
+        name, reason = sorted(run.failed.items())[0]
+        first = " ".join(reason.split())
+        raise CliError(f"{len(run.failed)} of {total} bag(s) failed (reasons in "
+                       f"{Path(args.output) / MANIFEST}); first: {name}: {first}")
     return 0
 
 
@@ -328,46 +367,9 @@ def _segment_json_results(path: Path) -> tuple[list[tuple[str, int, int, list[In
                        ) from exc
 
 
-def _bag_results(path: Path, topic: str) -> tuple[list[tuple[str, int, int, list[Instance]]], str]:
-    """One image per source frame of a bag written by ``ovsam-ros bag`` (results of a frame merged)."""
-    from ovsam_ros.bag import read_results
-
-    frames: dict[float, list[FrameResult]] = defaultdict(list)
-    for _, result in read_results(path, topic):
-        frames[result.stamp].append(result)
-    images, label = [], ""
-    for stamp in sorted(frames):
-        first = frames[stamp][0]
-        label = label or first.vocabulary
-        name = f"{first.frame_id or 'frame'}@{stamp:.9f}"
-        instances = [inst for result in frames[stamp] for inst in result.instances]
-        images.append((name, first.image_size[0], first.image_size[1], instances))
-    return images, label
-
-
-def export_vocabulary(label: str, spec: str | None, instances: list[Instance]) -> Any:
-    """The vocabulary the class indices refer to: ``--vocab``, or the recorded one when it is shipped
-    (name and content hash match). Otherwise one built from the names seen, re-indexing the instances
-    (a class-agnostic "object" category when nothing was named)."""
-    from ovsam_ros.pipeline import load_vocabulary
-    from ovsam_ros.vocab.vocabulary import ALL, PRESETS, Vocabulary
-
-    if spec:
-        return load_vocabulary(spec)
-    name = label.split("@", 1)[0]
-    if name in (*PRESETS, ALL):
-        vocab = Vocabulary.from_name(name)
-        if vocab.label == label:
-            return vocab
-    seen = sorted({i.label for i in instances if i.label})
-    names = seen or ["object"]
-    for inst in instances:
-        inst.class_index = names.index(inst.label) if inst.label in names else (-1 if seen else 0)
-    return Vocabulary.from_names([[n] for n in names], name="labels" if seen else "object")
-
-
 def cmd_export_coco(args: argparse.Namespace) -> int:
-    from ovsam_ros.coco_export import write_coco
+    from ovsam_ros.bag import frame_images
+    from ovsam_ros.coco_export import export_vocabulary, write_coco
 
     path = Path(args.input)
     if not path.exists():
@@ -375,7 +377,7 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
     if path.suffix.lower() == ".json":
         images, label = _segment_json_results(path)
     else:
-        images, label = _bag_results(path, args.topic)
+        images, label = frame_images(path, args.topic)
     vocab = export_vocabulary(label, args.vocab, [i for _, _, _, insts in images for i in insts])
     results = [(k + 1, name, h, w, insts) for k, (name, h, w, insts) in enumerate(images)]
     write_coco(args.output, results, vocab)
@@ -460,6 +462,28 @@ def _add_model_options(p: argparse.ArgumentParser, names: bool = True) -> None:
                        help="grid of clicks for --everything and --text (default: %(default)s)")
 
 
+def _add_replay_options(p: argparse.ArgumentParser) -> None:
+    """Topics, standing prompts, tracking, encode rate and storage of a replay (read by
+    :func:`replay_options`)."""
+    for role, kind in (("image", "sensor_msgs/Image or CompressedImage; default: the only one"),
+                       ("camera-info", "sensor_msgs/CameraInfo, for clicked points; default: the only one"),
+                       ("points", "ovsam_ros/PointPrompt; default: the only one"),
+                       ("boxes", "vision_msgs/Detection2DArray; default: the only one"),
+                       ("text", "std_msgs/String text queries; default: none"),
+                       ("clicked-point", "geometry_msgs/PointStamped in the camera frame; default: none")):
+        p.add_argument(f"--{role}-topic", default=None, help=kind)
+    p.add_argument("--text", default="", help="standing text queries for every frame")
+    p.add_argument("--everything", action="store_true", help="segment every object of every encoded frame")
+    p.add_argument("--track", action="store_true",
+                   help="follow instances across frames (tracking.enabled): a click or box keeps its object "
+                        "on every later frame, ids are track ids, ended tracks go to /ovsam/track_events")
+    p.add_argument("--encode-rate", type=float, default=0.0,
+                   help="cap on encodes per second of bag time while text/everything prompts stand "
+                        "(0 = every frame; default: %(default)s)")
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=None,
+                   help="output storage (default: the input's)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovsam-ros", description="Open-Vocabulary SAM offline tools: images, rosbag2 files, weights and "
@@ -491,29 +515,37 @@ def make_parser() -> argparse.ArgumentParser:
                                    "/ovsam/overlay.")
     p.add_argument("input", metavar="INPUT")
     p.add_argument("output", metavar="OUTPUT")
-    for role, kind in (("image", "sensor_msgs/Image or CompressedImage; default: the only one"),
-                       ("camera-info", "sensor_msgs/CameraInfo, for clicked points; default: the only one"),
-                       ("points", "ovsam_ros/PointPrompt; default: the only one"),
-                       ("boxes", "vision_msgs/Detection2DArray; default: the only one"),
-                       ("text", "std_msgs/String text queries; default: none"),
-                       ("clicked-point", "geometry_msgs/PointStamped in the camera frame; default: none")):
-        p.add_argument(f"--{role}-topic", default=None, help=kind)
-    p.add_argument("--text", default="", help="standing text queries for every frame")
-    p.add_argument("--everything", action="store_true", help="segment every object of every encoded frame")
-    p.add_argument("--track", action="store_true",
-                   help="follow instances across frames (tracking.enabled): a click or box keeps its object "
-                        "on every later frame, ids are track ids, ended tracks go to /ovsam/track_events")
+    _add_replay_options(p)
     p.add_argument("--tracks-mot", metavar="OUT.txt", help="with --track: the tracks in MOTChallenge format")
     p.add_argument("--tracks-coco", metavar="OUT.json",
                    help="with --track: the tracks as COCO video-style (YouTube-VIS) JSON")
-    p.add_argument("--encode-rate", type=float, default=0.0,
-                   help="cap on encodes per second of bag time while text/everything prompts stand "
-                        "(0 = every frame; default: %(default)s)")
-    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=None,
-                   help="output storage (default: the input's)")
     p.add_argument("--stats", metavar="STATS.json", help="frames, encodes, prompts, instances, timings")
     _add_model_options(p)
     p.set_defaults(run=cmd_bag)
+
+    p = sub.add_parser("fleet", help="label many bags on a Ray cluster (`ovsam-ros fleet label --help`)",
+                       description="Label a fleet's recordings on a Ray cluster (needs the fleet extra: "
+                                   "pip install 'ovsam_ros[fleet]').")
+    fsub = p.add_subparsers(dest="fleet_command", metavar="label", required=True)
+    f = fsub.add_parser("label", help="replay many bags as `ovsam-ros bag` does, resumable",
+                        description="Replay every BAG (or every bag found under DIR) as `ovsam-ros bag` "
+                                    "does, one model per worker: one labelled bag each in OUT_DIR, "
+                                    "OUT_DIR/manifest.json (per-bag counts, timings, status, content hash; "
+                                    "per-worker throughput) and OUT_DIR/coco.json across the fleet. A re-run "
+                                    "skips the bags already done with the same bytes and settings.")
+    f.add_argument("inputs", nargs="+", metavar="BAG_OR_DIR")
+    f.add_argument("output", metavar="OUT_DIR")
+    f.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto: the running one; default: start a local Ray)")
+    f.add_argument("--workers", type=int, default=None,
+                   help="model workers (default: one per GPU of the cluster, else one)")
+    f.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray (default: all); CPU workers share them")
+    f.add_argument("--retries", type=int, default=2,
+                   help="restarts of a killed worker, and retries of the bag it had (default: %(default)s)")
+    _add_replay_options(f)
+    _add_model_options(f)
+    f.set_defaults(run=cmd_fleet)
 
     p = sub.add_parser("export-coco", help="results of `segment` (JSON) or `bag` (bag) as COCO JSON",
                        description="Write the instances of INPUT (a JSON from `ovsam-ros segment` or a bag "

@@ -89,3 +89,24 @@ def write_coco(path: str | Path, results: Iterable[ImageResult], vocab: Vocabula
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_coco(results, vocab)))
     return path
+
+
+def export_vocabulary(label: str, spec: str | None, instances: list[Instance]) -> Vocabulary:
+    """The vocabulary the class indices refer to: ``spec`` (a name or file), or the recorded one (``label``)
+    when it is shipped (name and content hash match). Otherwise one built from the names seen,
+    re-indexing the instances (a class-agnostic "object" category when nothing was named)."""
+    from ovsam_ros.pipeline import load_vocabulary
+    from ovsam_ros.vocab.vocabulary import ALL, PRESETS
+
+    if spec:
+        return load_vocabulary(spec)
+    name = label.split("@", 1)[0]
+    if name in (*PRESETS, ALL):
+        vocab = Vocabulary.from_name(name)
+        if vocab.label == label:
+            return vocab
+    seen = sorted({i.label for i in instances if i.label})
+    names = seen or ["object"]
+    for inst in instances:
+        inst.class_index = names.index(inst.label) if inst.label in names else (-1 if seen else 0)
+    return Vocabulary.from_names([[n] for n in names], name="labels" if seen else "object")

@@ -1,4 +1,5 @@
-"""Importing the package (or the engine, the CLI module, the config) loads neither rclpy nor a model."""
+"""Importing the package (or the engine, the CLI module, the config) loads neither rclpy nor a model, nor
+Ray (only `fleet label` needs it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 @pytest.mark.parametrize("module", ["ovsam_ros", "ovsam_ros.cli", "ovsam_ros.config", "ovsam_ros.engine"])
 def test_import_loads_no_rclpy_and_no_torch_model(module):
     code = (f"import sys, {module}; "
-            "bad = [m for m in ('rclpy', 'ovsam_ros.msg', 'ovsam_ros.node', 'ovsam_ros.model.ovsam') "
+            "bad = [m for m in ('rclpy', 'ovsam_ros.msg', 'ovsam_ros.node', 'ovsam_ros.model.ovsam', 'ray') "
             "if m in sys.modules]; print(','.join(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"importing {module} loaded {result.stdout.strip()}"
