@@ -47,6 +47,10 @@ COCO = "coco.json"
 PARTIAL = ".partial"
 """Folder in OUT_DIR where bags are written before they are renamed into place."""
 BAG_SUFFIXES = (".mcap", ".db3")
+LOCAL_RAY = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+"""How a local Ray starts: no dashboard, and its processes talk over loopback only (by default Ray
+binds the machine's network address)."""
+
 CRASH_ENV = "OVSAM_ROS_FLEET_CRASH"
 """Fault injection for the tests: ``NAME:IMAGES:MARKER`` makes the worker replaying bag NAME exit its
 process (``os._exit``) after IMAGES image messages, once: it first creates the file MARKER, and does
@@ -328,7 +332,7 @@ def _run_on_ray(todo: list[Shard], out: Path, job: FleetJob, manifest: dict, run
 
     started_here = not ray.is_initialized()
     if started_here:
-        local = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        local = {} if address else {"num_cpus": num_cpus, **LOCAL_RAY}
         ray.init(address=address or "local", log_to_driver=False, configure_logging=False, **local)
     try:
         resources = ray.cluster_resources()

@@ -22,7 +22,7 @@ from test_bag import T0, BagBuilder, gt  # noqa: F401 (gt: a fixture)
 from ovsam_ros.bag import ReplayOptions, read_results
 from ovsam_ros.cli import main
 from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
-from ovsam_ros.fleet import CRASH_ENV, MANIFEST, FleetJob, content_hash, find_bags, settings_hash
+from ovsam_ros.fleet import CRASH_ENV, LOCAL_RAY, MANIFEST, FleetJob, content_hash, find_bags, settings_hash
 
 ray = pytest.importorskip("ray")
 
@@ -44,8 +44,7 @@ def _cli(*argv: str) -> tuple[int, str]:
 def cluster():
     """One new local Ray for the module (2 CPUs: two CPU workers of one thread each), whatever cluster
     this machine may run."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False, **LOCAL_RAY)
     yield
     ray.shutdown()
 
