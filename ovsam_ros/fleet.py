@@ -47,14 +47,21 @@ COCO = "coco.json"
 PARTIAL = ".partial"
 """Folder in OUT_DIR where bags are written before they are renamed into place."""
 BAG_SUFFIXES = (".mcap", ".db3")
-LOCAL_RAY = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
-"""How a local Ray starts: no dashboard, and its processes talk over loopback only (by default Ray
-binds the machine's network address)."""
+LOCAL_RAY = {"include_dashboard": False}
+"""How a local Ray starts (see also :func:`loopback_ray`)."""
 
 CRASH_ENV = "OVSAM_ROS_FLEET_CRASH"
 """Fault injection for the tests: ``NAME:IMAGES:MARKER`` makes the worker replaying bag NAME exit its
 process (``os._exit``) after IMAGES image messages, once: it first creates the file MARKER, and does
 nothing while MARKER exists. The driver hands it to its workers."""
+
+
+def loopback_ray() -> None:
+    """Make a local Ray started from this process talk over loopback only. Ray's own switch, read when
+    Ray is imported and named for the desktop systems where loopback is its default; on Linux a local
+    Ray otherwise binds the machine's network address. Joining a cluster (``--address``) needs the
+    network, so only a local start sets it."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 class FleetError(ValueError):
@@ -327,6 +334,8 @@ def _run_on_ray(todo: list[Shard], out: Path, job: FleetJob, manifest: dict, run
                 worker_stats: dict[str, dict], workers: int | None, address: str | None, num_cpus: int | None,
                 retries: int, progress: bool) -> None:
     """Start the workers, hand out the bags largest first and record each result as it comes."""
+    if not address:
+        loopback_ray()
     import ray
     from tqdm import tqdm
 

@@ -22,8 +22,18 @@ from test_bag import T0, BagBuilder, gt  # noqa: F401 (gt: a fixture)
 from ovsam_ros.bag import ReplayOptions, read_results
 from ovsam_ros.cli import main
 from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
-from ovsam_ros.fleet import CRASH_ENV, LOCAL_RAY, MANIFEST, FleetJob, content_hash, find_bags, settings_hash
+from ovsam_ros.fleet import (
+    CRASH_ENV,
+    LOCAL_RAY,
+    MANIFEST,
+    FleetJob,
+    content_hash,
+    find_bags,
+    loopback_ray,
+    settings_hash,
+)
 
+loopback_ray()  # before Ray is imported: the test cluster binds 127.0.0.1 only
 ray = pytest.importorskip("ray")
 
 WIDTH = 320
@@ -245,3 +255,7 @@ def test_without_ray_the_command_says_how_to_get_it(tmp_path, monkeypatch):
     code, err = _cli("fleet", "label", str(tmp_path), str(tmp_path / "out"))
     assert code == 1
     assert err.strip() == "ovsam-ros fleet: error: Ray is not installed: pip install 'ovsam_ros[fleet]'"
+
+
+def test_the_local_cluster_talks_over_loopback_only(cluster):
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
