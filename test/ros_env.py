@@ -1,7 +1,9 @@
-"""Importing ROS 2 in tests: skipped where ROS is not installed, a failure where it must be.
+"""Importing ROS 2 (and the fleet's Ray) in tests: skipped where it is not installed, a failure where
+it must be.
 
-``.ci/run`` sets ``OVSAM_ROS_REQUIRE_ROS=1`` after installing ROS 2 and building this package, so in
-CI a node test can never pass by skipping; on a machine without ROS the node tests skip cleanly.
+``.ci/run`` sets ``OVSAM_ROS_REQUIRE_ROS=1`` after installing ROS 2, Ray (the ``fleet`` extra) and
+building this package, so in CI a node or fleet test can never pass by skipping; on a machine without
+them those tests skip cleanly.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from ros_env import require
 from rosbags.rosbag2 import Reader
 from test_bag import T0, BagBuilder, gt  # noqa: F401 (gt: a fixture)
 
@@ -34,7 +35,7 @@ from ovsam_ros.fleet import (
 )
 
 loopback_ray()  # before Ray is imported: the test cluster binds 127.0.0.1 only
-ray = pytest.importorskip("ray")
+ray = require("ray", reason="needs Ray: pip install '.[fleet]'")
 
 WIDTH = 320
 GOOD = {"a_mcap": ("mcap", "1.jpeg"), "b_sqlite": ("sqlite3", "2.jpeg"), "c_mcap": ("mcap", "3.jpeg"),
