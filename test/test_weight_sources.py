@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 import sys
 import threading
@@ -279,15 +278,16 @@ def test_ovsam_preset_resolves_the_small_prompt_encoder_file(sam_file, tmp_path,
     assert paths["sam"].stat().st_size < 100_000
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (print, ("pickle code ran",))
+# {"prompt_encoder.x": builtins.print("pickle code ran")} as protocol-0 opcodes, written out rather than
+# pickled from ``print``: a library may have replaced builtins.print in this process (Ray does), and
+# pickle would then name the replacement.
+_RUNS_CODE = b"(dp0\nVprompt_encoder.x\np1\ncbuiltins\nprint\np2\n(Vpickle code ran\np3\ntp4\nRp5\ns."
 
 
 def test_the_index_reader_refuses_any_global_but_tensors(tmp_path, capfd):
     path = tmp_path / "evil.pth"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps({"prompt_encoder.x": _RunsCode()}))
+        archive.writestr("archive/data.pkl", _RUNS_CODE)
     with zipfile.ZipFile(path) as archive, pytest.raises(
             CheckpointError, match=r"refusing global builtins\.print"):
         read_zip_prefix(archive, "prompt_encoder")
