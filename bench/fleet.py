@@ -27,6 +27,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from ovsam_ros import assets
 from ovsam_ros.bag import ReplayOptions
+from ovsam_ros.bench import emit
 from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
 from ovsam_ros.fleet import FleetJob, label_fleet
 from ovsam_ros.ros.factory import RosbagsFactory
@@ -108,11 +109,7 @@ def main() -> None:
                 "failed": sorted(run.failed)}
     report["speedup"] = round(report["workers_2"]["frames_per_s"] / report["workers_1"]["frames_per_s"], 3)
     report["load_average"]["after"] = os.getloadavg()
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ovsam_ros import assets
+from ovsam_ros.bench import emit
 from ovsam_ros.config import EverythingConfig, OvsamConfig, VocabConfig
 from ovsam_ros.engine import EngineConfig
 from ovsam_ros.model.feature_crop import build_feature_crop
@@ -111,11 +112,7 @@ def main() -> None:
         "cache_slope_mb_per_1000_frames": round(slope_per_1000(frames, [s["cache_mb"] for s in samples]), 3),
         "samples": samples,
     }
-    text_out = json.dumps(report, indent=1)
-    print(text_out)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text_out + "\n")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

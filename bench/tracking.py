@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ovsam_ros import assets
+from ovsam_ros.bench import emit
 from ovsam_ros.config import OvsamConfig, TrackingConfig
 from ovsam_ros.engine import EngineConfig
 from ovsam_ros.model.presets import build_model
@@ -92,11 +93,7 @@ def main() -> None:
         report["sequences"][seq.name] = run_sequence(processor, seq)
         print(json.dumps({seq.name: report["sequences"][seq.name]}), flush=True)
     report["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -353,7 +353,6 @@ def read_results(path: str | Path, topic: str = OUTPUTS["instances"][0]) -> list
         reader.close()
 
 
-
 def frame_images(path: str | Path, topic: str = OUTPUTS["instances"][0],
                  ) -> tuple[list[tuple[str, int, int, list[Instance]]], str]:
     """One image per source frame of a bag written by the replay (the results of a frame merged), named

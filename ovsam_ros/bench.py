@@ -484,6 +484,16 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def emit(result: dict, path: Path | None) -> None:
+    """Print a benchmark's result as indented JSON (scripts read its keys) and, given ``path``, write
+    it there too; ``ovsam-ros bench`` and the scripts in ``bench/`` all report this way."""
+    text = json.dumps(result, indent=1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    print(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``ovsam-ros bench``: prints the result as JSON; exit code 2 with one line on bad options."""
     from ovsam_ros.model.checkpoints import CheckpointError
@@ -495,11 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, CheckpointError, WeightsError) as exc:
         print(f"ovsam-ros bench: error: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=1)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+    emit(result, args.json)
     return 0
 
 

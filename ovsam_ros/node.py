@@ -30,12 +30,20 @@ from rcl_interfaces.msg import (
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSCompatibility,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_check_compatible,
+    qos_profile_sensor_data,
+)
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
@@ -72,6 +80,14 @@ _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 _RELIABLE_SENSOR = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 _PROMPTS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 """Prompt subscriptions: best effort matches best-effort and reliable publishers alike."""
+_NO_SUBSCRIPTION_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
+_NO_PUBLISHER_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+"""For what the lifecycle creates and destroys while the executor spins. Released rclpy (Jazzy,
+before ros2/rclpy#1590) kills its executor when an entity's QoS event handler is destroyed between
+the executor listing it and waiting on it (ros2/rclpy#1284: InvalidHandle in add_to_wait_set), so
+these entities have no event handlers, and :meth:`OvsamNode._check_input_qos` gives the warning about
+incompatible publishers that rclpy's default handler would have given."""
+QOS_CHECK_PERIOD_S = 2.0
 
 _OUTPUTS = {"instances": InstanceArray, "detections": Detection2DArray, "instance_image": Image,
             "class_image": Image, "overlay": Image, "detections_3d": Detection3DArray,
@@ -112,9 +128,13 @@ class OvsamNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._label_info: Any = None
         self._inputs: list[Any] = []
+        self._input_qos: list[tuple[str, QoSProfile]] = []  # read without the handles, which may be gone
         self._servers: list[Any] = []
-        self._tf_buffer: Buffer | None = None
-        self._tf_listener: TransformListener | None = None
+        # for the node's lifetime: unregistering the listener destroys subscriptions that have event
+        # handlers (see _NO_SUBSCRIPTION_EVENTS)
+        self._tf_buffer = Buffer()
+        self._tf_listener = TransformListener(self._tf_buffer, self)
+        self._qos_problems: list[str] = []
         self._status = (DiagnosticStatus.WARN, "unconfigured")
         self._warned: OrderedDict[str, float] = OrderedDict()
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -125,6 +145,7 @@ class OvsamNode(LifecycleNode):
         rate = self._config.node.diagnostics_rate_hz
         if rate > 0:
             self.create_timer(1.0 / rate, self._publish_diagnostics)
+        self.create_timer(QOS_CHECK_PERIOD_S, self._check_input_qos)
         self._autostart_timer = None
         if self._config.node.autostart:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -198,8 +219,10 @@ class OvsamNode(LifecycleNode):
         except Exception as exc:  # any load failure: stay unconfigured, alive
             return self._fail_configure(f"cannot load the {cfg.preset} model on {cfg.device}: {exc}")
         make = self.create_lifecycle_publisher
-        self._outputs = {name: make(kind, f"~/{name}", _RELIABLE) for name, kind in _OUTPUTS.items()}
-        self._label_info = self.create_publisher(LabelInfo, "~/label_info", _LATCHED)
+        self._outputs = {name: make(kind, f"~/{name}", _RELIABLE, event_callbacks=_NO_PUBLISHER_EVENTS)
+                         for name, kind in _OUTPUTS.items()}
+        self._label_info = self.create_publisher(LabelInfo, "~/label_info", _LATCHED,
+                                                 event_callbacks=_NO_PUBLISHER_EVENTS)
         self._session = Session(processor, self._config, self._factory, publish=self._publish,
                                 warn=self._warn, info=self.get_logger().info, wants=self._wants,
                                 decode=cv_bridge_decoder() or image_to_rgb)
@@ -211,8 +234,6 @@ class OvsamNode(LifecycleNode):
             self.create_service(Trigger, "~/clear_prompts", self._srv_clear_prompts,
                                 callback_group=self._service_group),
         ]
-        self._tf_buffer = Buffer()
-        self._tf_listener = TransformListener(self._tf_buffer, self)
         predictor = processor.predictor
         vocabulary = processor.vocabulary.label if processor.vocabulary else "off (no recognizer)"
         self.get_logger().info(f"configured: {cfg.preset} on {predictor.device} ({predictor.dtype}), "
@@ -265,7 +286,7 @@ class OvsamNode(LifecycleNode):
             torch.cuda.empty_cache()
 
     def _release(self) -> None:
-        """Drop the model, publishers, services and TF so cleanup leaves nothing behind."""
+        """Drop the model, publishers and services so cleanup leaves nothing behind (TF stays)."""
         for service in self._servers:
             self.destroy_service(service)
         self._servers = []
@@ -275,9 +296,6 @@ class OvsamNode(LifecycleNode):
         if self._label_info is not None:
             self.destroy_publisher(self._label_info)
             self._label_info = None
-        if self._tf_listener is not None:
-            self._tf_listener.unregister()
-        self._tf_listener = self._tf_buffer = None
         self._session = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -291,7 +309,8 @@ class OvsamNode(LifecycleNode):
         image_type, image_topic = Image, cfg.image_topic
         if cfg.image_transport == "compressed":
             image_type, image_topic = CompressedImage, f"{cfg.image_topic}/compressed"
-        sub = self.create_subscription
+        def sub(*args: Any, **kwargs: Any) -> Any:
+            return self.create_subscription(*args, **kwargs, event_callbacks=_NO_SUBSCRIPTION_EVENTS)
         self._inputs = [
             sub(image_type, image_topic, session.image, qos),
             sub(CameraInfo, cfg.camera_info_topic, session.camera_info, qos),
@@ -303,8 +322,10 @@ class OvsamNode(LifecycleNode):
         ]
         if cfg.use_depth:
             self._inputs.append(sub(Image, cfg.depth_topic, session.depth, qos))
+        self._input_qos = [(s.topic_name, s.qos_profile) for s in self._inputs]
 
     def _destroy_subscriptions(self) -> None:
+        self._input_qos, self._qos_problems = [], []
         for sub in self._inputs:
             self.destroy_subscription(sub)
         self._inputs = []
@@ -312,16 +333,17 @@ class OvsamNode(LifecycleNode):
     def _on_clicked_point(self, msg: PointStamped) -> None:
         """RViz "Publish Point": into the camera's optical frame with tf2 at the click's stamp, then the
         session projects it and binds it to the frame nearest that stamp."""
-        session, buffer = self._session, self._tf_buffer
-        if session is None or buffer is None:
+        session = self._session
+        if session is None:
             return
         target = session.camera_frame
         if not target:
             self._warn("clicked point ignored: no camera_info or image received yet")
             return
         try:
-            transform = buffer.lookup_transform(target, msg.header.frame_id, Time.from_msg(msg.header.stamp),
-                                                timeout=Duration(seconds=self._config.node.tf_timeout_s))
+            transform = self._tf_buffer.lookup_transform(
+                target, msg.header.frame_id, Time.from_msg(msg.header.stamp),
+                timeout=Duration(seconds=self._config.node.tf_timeout_s))
         except TransformException as exc:
             self._warn(f"clicked point in {msg.header.frame_id!r} ignored: {exc}")
             return
@@ -357,6 +379,8 @@ class OvsamNode(LifecycleNode):
         if session is not None and level == DiagnosticStatus.OK and (
                 not values.get("running") or values.get("encode_errors", 0)):
             level, message = DiagnosticStatus.WARN, "encode errors or worker stopped"
+        if self._qos_problems:
+            level, message = max(level, DiagnosticStatus.WARN), f"{message}; {self._qos_problems[0]}"
         status = DiagnosticStatus(
             level=level, name=f"{self.get_fully_qualified_name()}: streaming engine", message=message,
             hardware_id=str(values.get("device", "")),
@@ -364,6 +388,22 @@ class OvsamNode(LifecycleNode):
         header = DiagnosticArray().header
         header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(DiagnosticArray(header=header, status=[status]))
+
+    def _check_input_qos(self) -> None:
+        """Warn of publishers whose QoS cannot reach an input (a reliable image subscription and a
+        best-effort camera driver, say): rclpy's default warning for it needs event handlers that the
+        inputs do without (see ``_NO_SUBSCRIPTION_EVENTS``)."""
+        problems = []
+        for topic, qos in self._input_qos:
+            for info in self.get_publishers_info_by_topic(topic):
+                compatibility, reason = qos_check_compatible(info.qos_profile, qos)
+                if compatibility == QoSCompatibility.ERROR:
+                    publisher = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                    problems.append(f"incompatible QoS on {topic} from {publisher}: no messages arrive "
+                                    f"from it; {reason}")
+        for problem in problems:
+            self._warn(problem)
+        self._qos_problems = problems
 
     # ---------------------------------------------------------------------------------- services
 

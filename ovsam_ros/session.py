@@ -152,8 +152,7 @@ class Session:
             self.tracker = Tracker(config.tracking)
         elif not config.tracking.enabled and self.tracker is not None:
             tracker, self.tracker = self.tracker, None
-            self._publish_ended(tracker.clear(), 0.0)
-            self._set_standing("tracks", [])
+            self._end_tracks(tracker)
         if self.tracker is not None:
             self.tracker.config = config.tracking
 
@@ -303,7 +302,7 @@ class Session:
         self.set_everything(self.config.everything.standing)
         if self.tracker is not None:
             tracker = self.tracker
-            self.engine.submit(lambda: self._publish_ended(tracker.clear(), 0.0))
+            self.engine.submit(lambda: self._end_tracks(tracker))
 
     def _set_standing(self, key: str, prompts: list[Prompt]) -> None:
         try:
@@ -532,8 +531,12 @@ class Session:
                              vocabulary=self._label())
         if self._wants("track_events"):
             self._publish("track_events", instance_array_msg(self.factory, events, header), None)
-        if self.tracker is not None and not self.tracker.tracks:
-            self._set_standing("tracks", [])
+
+    def _end_tracks(self, tracker: Tracker) -> None:
+        """Engine worker: end every track with its event, and their re-prompts with them (a frame
+        answered since they were last set may have set them again)."""
+        self._publish_ended(tracker.clear(), 0.0)
+        self._set_standing("tracks", [])
 
     def _builders_3d(self, result: FrameResult, header: Any, depth: np.ndarray,
                      camera: CameraModel) -> dict[str, Callable[[], Any]]:

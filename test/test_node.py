@@ -32,6 +32,7 @@ from ovsam_ros.msg import Instance, InstanceArray, PointPrompt
 from ovsam_ros.srv import Segment, SetVocabulary
 from pycocotools.coco import COCO
 from rcl_interfaces.msg import Log
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -100,6 +101,7 @@ class Client:
         self.set_vocabulary = self.node.create_client(SetVocabulary, f"{ns}/set_vocabulary")
         self.clear = self.node.create_client(Trigger, f"{ns}/clear_prompts")
         self.ns = ns
+        self.spinner: threading.Thread | None = None
 
     def _add(self, key: str) -> Callable:
         def add(msg: object) -> None:
@@ -117,6 +119,8 @@ class Client:
             with self.lock:
                 if condition():
                     return
+            if self.spinner is not None and not self.spinner.is_alive():
+                raise AssertionError(f"the executor died while waiting for {what} (its error is above)")
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -188,6 +192,7 @@ def ros(mobile_sam_path, clip_file, tmp_path_factory):
     executor.add_node(client.node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    client.spinner = spinner
     assert node.trigger_configure().name == "SUCCESS"
     assert node.trigger_activate().name == "SUCCESS"
     client.wait_for(lambda: client.image_pub.get_subscription_count() > 0
@@ -572,10 +577,38 @@ def test_cv_bridge_and_the_ros_free_path_decode_identically(photo):
         assert np.array_equal(decode(msg), image_to_rgb(msg)), fmt
 
 
+def test_an_incompatible_image_publisher_is_named_in_the_log_and_diagnostics(ros):
+    """The node subscribes reliably here (``node.image_qos``); a best-effort camera driver can never
+    reach it, and the user must hear why nothing arrives."""
+    _, client = ros
+    camera = rclpy.create_node("best_effort_camera")
+    # no event handlers: destroying it below must not race the spinning executor (ros2/rclpy#1284)
+    camera.create_publisher(Image, "/image", BEST_EFFORT,
+                            event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+    try:
+        client.wait_for(lambda: any("incompatible QoS on /image from /best_effort_camera" in m
+                                    and "reliable subscription" in m for m in client.got["logs"]),
+                        "the warning naming the best-effort publisher")
+        client.wait_for(lambda: any("incompatible QoS on /image" in s.message
+                                    and s.level >= DiagnosticStatus.WARN
+                                    for m in client.got["diagnostics"] for s in m.status),
+                        "the diagnostics status naming it")
+    finally:
+        camera.destroy_node()
+
+
 def test_lifecycle_cycle_ends_with_a_working_node(ros, photo):
-    """configure -> activate -> deactivate -> cleanup -> configure -> activate, then a click again."""
+    """Many activate/deactivate rounds under a stream of CameraInfo (each destroys and creates every
+    subscription while the executor spins), then configure -> activate -> deactivate -> cleanup ->
+    configure -> activate, then a click again."""
     node, client = ros
     rgb, gts = photo
+    info = _camera_info(rgb)
+    for _ in range(20):
+        client.info_pub.publish(info)
+        assert node.trigger_deactivate().name == "SUCCESS"
+        client.info_pub.publish(info)
+        assert node.trigger_activate().name == "SUCCESS"
     assert node.trigger_deactivate().name == "SUCCESS"
     assert node.trigger_cleanup().name == "SUCCESS"
     assert node._session is None
