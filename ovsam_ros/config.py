@@ -194,9 +194,9 @@ class TrackingConfig(_Section):
                                   "needs to stay tracked", range=(0.0, 1.0), dynamic=True)
     reacquire_iou: float = _param(0.6, "mask IoU a lost track needs to be found again (above keep_iou: "
                                        "hysteresis)", range=(0.0, 1.0), dynamic=True)
-    min_similarity: float = _param(0.3, "appearance similarity (colour histogram, class probabilities) "
-                                         "a re-prompted mask needs to stay its track", range=(0.0, 1.0),
-                                    dynamic=True)
+    min_similarity: float = _param(0.3, "appearance similarity (colour histogram, region embedding, class "
+                                         "probabilities) a re-prompted mask needs to stay its track",
+                                    range=(0.0, 1.0), dynamic=True)
     appearance_weight: float = _param(0.3, "weight of appearance against mask IoU in the association "
                                            "cost of standing outputs", range=(0.0, 1.0), dynamic=True)
     box_margin: float = _param(0.1, "a re-prompt's box is the track's last box moved by its velocity and "

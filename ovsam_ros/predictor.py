@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import calculate_stability_score
 
-from ovsam_ros.model.base import ImageFeatures, Segmenter
+from ovsam_ros.model.base import ImageFeatures, Recognition, Segmenter
 from ovsam_ros.prompts import Prompt, PromptError, PromptKind
 from ovsam_ros.results import Instance
 from ovsam_ros.transforms import (
@@ -60,8 +60,9 @@ class Prediction:
     With a vocabulary set: ``log_scores`` ``[N, C + 1]`` the recognizer's class log-scores (OVSAM's
     ensemble: the released fused log-scores, background last, a split's excluded classes at -1000),
     ``class_index``/``score`` ``[N]`` (best real class), ``probs`` ``[N, C]`` over the real classes
-    and ``background`` ``[N]`` (the softmax of ``log_scores``), computed on each prompt's best mask
-    (highest ``mask_score``).
+    and ``background`` ``[N]`` (the softmax of ``log_scores``), and ``embedding`` ``[N, D]`` the
+    recognizer's L2-normalised region embedding, computed on each prompt's best mask (highest
+    ``mask_score``).
     """
 
     masks: torch.Tensor
@@ -77,6 +78,7 @@ class Prediction:
     probs: torch.Tensor | None = None
     background: torch.Tensor | None = None
     log_scores: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
 
     def cpu(self) -> Prediction:
         """A copy with every tensor on the host."""
@@ -455,7 +457,8 @@ class Predictor:
                               mask_box=crops.boxes.view(n, m, 4), area=crops.area.view(n, m), logits=logits)
             if recognize and self.can_name:
                 chosen = low[torch.arange(len(low), device=low.device), score.argmax(dim=1)]
-                pred.log_scores = self.class_log_scores(features, chosen, boxes, label_embedding)
+                pred.log_scores, pred.embedding = self.recognize_regions(features, chosen, boxes,
+                                                                         label_embedding)
                 probs = pred.log_scores.softmax(dim=-1)
                 pred.score, pred.class_index = probs[:, :-1].max(dim=1)
                 pred.probs, pred.background = probs[:, :-1], probs[:, -1]
@@ -467,22 +470,32 @@ class Predictor:
         recognizer = self.model.recognizer
         return recognizer is not None and recognizer.num_classes > 0
 
-    def class_log_scores(self, features: ImageFeatures, low_res_logits: torch.Tensor,
-                         boxes: torch.Tensor | None = None,
-                         label_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """The recognizer's class log-scores ``[K, C + 1]`` (last column background; for OVSAM's
-        ensemble the released fused log-scores, excluded classes at -1000) of masks given by their
-        ``[K, 256, 256]`` low-res logits. ``boxes`` ``[K, 4]`` in the padded input frame, or None to
-        use each predicted mask's box (clicks, everything and text candidates: a ground-truth box is
-        never available on a robot). ``label_embedding`` comes from a decoder with a label token."""
+    def recognize_regions(self, features: ImageFeatures, low_res_logits: torch.Tensor,
+                          boxes: torch.Tensor | None = None,
+                          label_embedding: torch.Tensor | None = None) -> Recognition:
+        """The recognizer's float32 class log-scores ``[K, C + 1]`` (last column background; for
+        OVSAM's ensemble the released fused log-scores, excluded classes at -1000) and region
+        embeddings ``[K, D]`` of masks given by their ``[K, 256, 256]`` low-res logits. ``boxes``
+        ``[K, 4]`` in the padded input frame, or None to use each predicted mask's box (clicks,
+        everything and text candidates: a ground-truth box is never available on a robot).
+        ``label_embedding`` comes from a decoder with a label token."""
         if not self.can_name:
             raise InputError("no recognizer with a vocabulary: call set_vocabulary first")
         recognizer = self.model.recognizer
         if len(low_res_logits) == 0:
-            return low_res_logits.new_zeros(0, recognizer.num_classes + 1)
+            empty = low_res_logits.new_zeros
+            return Recognition(empty(0, recognizer.num_classes + 1), empty(0, recognizer.embed_dim))
         features = self._checked_features(features)
         with torch.inference_mode(), self._autocast():
-            return recognizer(features, low_res_logits.to(self.device), boxes, label_embedding).float()
+            log_scores, embedding = recognizer.recognize(features, low_res_logits.to(self.device), boxes,
+                                                         label_embedding)
+            return Recognition(log_scores.float(), embedding.float())
+
+    def class_log_scores(self, features: ImageFeatures, low_res_logits: torch.Tensor,
+                         boxes: torch.Tensor | None = None,
+                         label_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """The log-scores of :meth:`recognize_regions`."""
+        return self.recognize_regions(features, low_res_logits, boxes, label_embedding).log_scores
 
     def recognize_masks(self, features: ImageFeatures, low_res_logits: torch.Tensor,
                         boxes: torch.Tensor | None = None,
@@ -505,4 +518,6 @@ class Predictor:
             inst.class_index = int(host.class_index[row])
             inst.score = float(host.score[row])
             inst.label = self._names[inst.class_index] if inst.class_index < len(self._names) else ""
+        if host.embedding is not None:
+            inst.embedding = host.embedding[row].numpy()
         return inst

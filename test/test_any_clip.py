@@ -7,6 +7,7 @@ be): no other CLIP weights exist here. The MobileSAM weights and the photo are r
 
 from __future__ import annotations
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -125,6 +126,10 @@ def test_mobilesam_names_a_real_photo_with_any_open_clip_model(arch, mobile_sam_
     assert inst.label in {"bear", "dog", "tree"} and len(inst.top_k) == 2  # score_threshold 0: always named
     assert all(name in ("bear", "dog", "tree") for name, _ in inst.top_k)
     assert 0.0 < inst.top_k[0][1] <= 1.0 and inst.top_k[0][1] >= inst.top_k[1][1]
+    # the mask-pooled CLIP feature the names came from rides on the instance (tracking's appearance)
+    assert inst.embedding.shape == (dim,) and abs(float(np.linalg.norm(inst.embedding)) - 1) < 1e-5
+    [again] = processor.answer(features, [Prompt.from_box(box, id="bear")])
+    assert np.array_equal(again.embedding, inst.embedding)
 
 
 @pytest.mark.slow

@@ -7,9 +7,12 @@ import torch
 from open_clip.modified_resnet import AttentionPool2d
 from torchvision.ops import roi_align
 
+from ovsam_ros.model.base import ImageFeatures
+from ovsam_ros.model.classifier import LOGIT_SCALE
 from ovsam_ros.model.clip2sam import RoIInputError
 from ovsam_ros.model.clip_branch import ClipBranch
 from ovsam_ros.model.fusion import EXCLUDED_SCORE, FusionInputError, fuse_log_scores, mask_is_valid
+from ovsam_ros.model.ovsam import OVSAMRecognizer
 
 
 def _attention_pool_by_hand(crops: torch.Tensor, pool: AttentionPool2d) -> torch.Tensor:
@@ -135,3 +138,35 @@ def test_fusion_rejects_mismatched_inputs():
     with pytest.raises(FusionInputError, match="excluded"):
         fuse_log_scores(torch.zeros(2, 5), torch.zeros(2, 5), torch.ones(2, dtype=torch.bool),
                         excluded=torch.ones(3, dtype=torch.bool))
+
+
+def test_the_region_embedding_is_what_the_clip_scores_came_from():
+    """OVSAM's recognizer hands out the frozen-CLIP region feature (open_clip's pool on torchvision's
+    RoIAlign crop, normalised) as its embedding, in clip and ensemble mode alike; in clip mode the
+    class logits are 100 x its cosine with each class's text embedding."""
+    torch.manual_seed(1)
+    pool = AttentionPool2d(12, 3072, 48, 768).eval()
+    recognizer = OVSAMRecognizer(pool, roi_size=7, mode="clip").eval()
+    text = torch.nn.functional.normalize(torch.randn(4, 1, 768), dim=-1)
+    recognizer.set_text_embeddings(text)
+    c5 = torch.randn(1, 3072, 32, 32)
+    levels = tuple(torch.zeros(1, 256, s, s) for s in (256, 128, 64, 32))  # the head is unused in clip mode
+    features = ImageFeatures(embedding=torch.zeros(1, 256, 64, 64), clip_levels=(*levels, c5),
+                             input_size=(1024, 1024), original_size=(1024, 1024))
+    low = torch.full((2, 256, 256), -4.0)
+    low[0, 20:120, 30:90] = 4.0
+    low[1, 150:250, 100:240] = 4.0
+    boxes = torch.tensor([[120.0, 80.0, 360.0, 480.0], [400.0, 600.0, 960.0, 1000.0]])
+    with torch.no_grad():
+        clip = recognizer.recognize(features, low, boxes)
+        crops = roi_align(c5, torch.cat([torch.zeros(2, 1), boxes], 1), 12, spatial_scale=1 / 32,
+                          sampling_ratio=0, aligned=True)
+        want = torch.nn.functional.normalize(pool(crops), dim=-1)
+        recognizer.set_mode("ensemble")
+        fused = recognizer.recognize(features, low, boxes)
+    assert clip.embedding.shape == (2, 768)
+    torch.testing.assert_close(clip.embedding, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.embedding, clip.embedding)
+    torch.testing.assert_close(clip.log_scores[:, :4], LOGIT_SCALE * clip.embedding @ text[:, 0].T,
+                               rtol=1e-4, atol=1e-3)
+    assert clip.log_scores[:, 4].eq(0).all()  # background

@@ -122,6 +122,9 @@ def test_mask_is_named_by_the_class_built_from_its_region(recognizer):
     cosine = F.cosine_similarity(left, right, dim=0)
     expected_left = torch.softmax(torch.tensor([cosine * 100.00296, 100.00296, 0.0]), dim=0)
     torch.testing.assert_close(probs[0], expected_left, rtol=1e-3, atol=1e-4)
+    recognition = recognizer.recognize(features, _half_masks())  # the embedding: each half's mean feature
+    torch.testing.assert_close(recognition.embedding, F.normalize(torch.stack([left, right]), dim=-1))
+    torch.testing.assert_close(recognition.log_scores.exp(), probs)
 
 
 def test_empty_mask_goes_to_background(recognizer):

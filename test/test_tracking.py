@@ -187,3 +187,26 @@ def test_per_mask_work_within_the_instance_box_equals_the_whole_frame():
     box = mask_bbox(mask)
     assert main_box(mask, box).tolist() == main_box(mask).tolist() == list(mask_bbox(disc(60, 50, 20)))
     assert np.array_equal(colour_histogram(image, mask, box), colour_histogram(image, mask))
+
+
+def test_a_reprompt_that_looks_like_another_object_is_not_the_track():
+    """Same place, different region embedding (what the recognizer computes for naming anyway): a
+    miss; the track's own embedding, a little changed, keeps it."""
+    tracker = Tracker(TrackingConfig(enabled=True, keep_iou=0.5, reacquire_iou=0.5, max_lost_frames=3,
+                                     min_similarity=0.5))
+    own, other = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[1]
+    click = inst(disc(40, 60), PromptKind.POINT, "click_1")
+    click.embedding = own
+    track_id = tracker.update(frame(0, [click])).instances[0].track_id
+    reprompt = f"{REPROMPT_PREFIX}{track_id}"
+
+    def answer(embedding: np.ndarray) -> Instance:
+        out = inst(disc(40, 60), PromptKind.BOX, reprompt)
+        out.embedding = embedding
+        return out
+
+    assert tracker.update(frame(1, [answer(other)])).instances == []
+    assert tracker.tracks[0].state == TrackState.LOST
+    kept = tracker.update(frame(2, [answer(own + 0.3 * other)])).instances
+    assert [i.track_id for i in kept] == [track_id] and kept[0].track_state == TrackState.CONFIRMED
+    assert tracker.tracks[0].embedding @ other > 0  # the running embedding moved towards the new look

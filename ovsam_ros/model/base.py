@@ -9,6 +9,7 @@ padding and normalisation, so everything below works in the padded ``image_size`
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -54,9 +55,19 @@ class DecoderOutput:
     label_embedding: torch.Tensor | None = None
 
 
+class Recognition(NamedTuple):
+    """What a recognizer says of N masks: class log-scores ``[N, C + 1]`` (last column = background)
+    whose softmax is the class probabilities, and each mask's L2-normalised region embedding
+    ``[N, D]``, the CLIP-space feature the scores came from (zeros for a mask that covers nothing).
+    Tracking uses the embedding as appearance at no extra cost."""
+
+    log_scores: torch.Tensor
+    embedding: torch.Tensor
+
+
 class Recognizer(nn.Module):
-    """Names masks: returns class log-scores ``[N, C + 1]`` (last column = background) whose softmax
-    is the class probabilities.
+    """Names masks: :meth:`recognize` returns a :class:`Recognition`; calling the module returns its
+    log-scores alone.
 
     ``set_text_embeddings`` takes L2-normalised ``[C, P, D]`` text embeddings (P synonyms per class),
     an optional bool ``[C]`` mask of the checkpoint's base (training) classes, and an optional bool
@@ -73,18 +84,22 @@ class Recognizer(nn.Module):
     def num_classes(self) -> int:
         raise NotImplementedError
 
-    def forward(
+    def recognize(
         self,
         features: ImageFeatures,
         low_res_logits: torch.Tensor,
         prompt_boxes: torch.Tensor | None = None,
         label_embedding: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> Recognition:
         """``low_res_logits`` ``[N, 256, 256]`` (the chosen mask per prompt); ``prompt_boxes``
         ``[N, 4]`` in the padded input frame, or None where the prompt had no box (then the box of
         the predicted mask is used); ``label_embedding`` is ``DecoderOutput.label_embedding``
-        (recognizers without a use for it ignore it). Returns log-scores ``[N, C + 1]``."""
+        (recognizers without a use for it ignore it)."""
         raise NotImplementedError
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The log-scores ``[N, C + 1]`` of :meth:`recognize`."""
+        return self.recognize(*args, **kwargs).log_scores
 
 
 class Segmenter(nn.Module):

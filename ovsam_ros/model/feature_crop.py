@@ -19,7 +19,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from .base import ImageFeatures, Recognizer, Segmenter
+from .base import ImageFeatures, Recognition, Recognizer, Segmenter
 from .checkpoints import CheckpointError
 from .classifier import TextClassifier
 from .clip_backbone import ClipTextTower, load_openai_clip
@@ -144,16 +144,17 @@ class FeatureCropRecognizer(Recognizer):
         return pooled, total > 0
 
     @torch.no_grad()
-    def forward(
+    def recognize(
         self,
         features: ImageFeatures,
         low_res_logits: torch.Tensor,
         prompt_boxes: torch.Tensor | None = None,
         label_embedding: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Log-probabilities ``[N, C + 1]``. Only the mask is used (``prompt_boxes`` is ignored: a
-        feature crop needs no box; ``label_embedding`` too: SAM's decoder has no label token). A mask
-        with no positive pixel names nothing: all mass on background."""
+    ) -> Recognition:
+        """Log-probabilities ``[N, C + 1]`` and the mask-pooled CLIP features as embeddings. Only the
+        mask is used (``prompt_boxes`` is ignored: a feature crop needs no box; ``label_embedding``
+        too: SAM's decoder has no label token). A mask with no positive pixel names nothing: all mass
+        on background."""
         if len(features.clip_levels) != 1 or features.clip_levels[0].dim() != 4:
             raise FeatureCropError("ImageFeatures.clip_levels must hold the one dense map from encode_image")
         dense = features.clip_levels[0]
@@ -165,7 +166,8 @@ class FeatureCropRecognizer(Recognizer):
         scores = exclude_classes(self.classifier(pooled), self.excluded).log_softmax(dim=-1)
         background = torch.full_like(scores, -torch.inf)
         background[:, -1] = 0.0
-        return torch.where(covered[:, None], scores, background)
+        embedding = F.normalize(pooled.float(), dim=-1)
+        return Recognition(torch.where(covered[:, None], scores, background), embedding)
 
 
 def is_openai_clip_file(path: str | Path, model_name: str) -> bool:

@@ -14,10 +14,11 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder
 from torch import nn
 
-from ovsam_ros.model.base import DecoderOutput, ImageFeatures, Recognizer, Segmenter
+from ovsam_ros.model.base import DecoderOutput, ImageFeatures, Recognition, Recognizer, Segmenter
 from ovsam_ros.model.checkpoints import CheckpointError, load_into, read_state_dict, take_prefix
 from ovsam_ros.model.classifier import TextClassifier
 from ovsam_ros.model.clip2sam import FPN, RoIHead, RoIInputError, mask_boxes
@@ -83,20 +84,21 @@ class OVSAMRecognizer(Recognizer):
         """Per-frame recognition features from C2..C5: ``(P2, P3, P4, P5, C5)``."""
         return (*self.fpn_neck(levels), levels[-1])
 
-    def forward(
+    def recognize(
         self,
         features: ImageFeatures,
         low_res_logits: torch.Tensor,
         prompt_boxes: torch.Tensor | None = None,
         label_embedding: torch.Tensor | None = None,
         classes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> Recognition:
         """Class log-scores ``[N, C + 1]`` (background last) as the released ``open_voc_inference``
         returns them: the fused log-scores in ensemble mode, the branch's logits in head or clip mode;
         their softmax is the class probabilities. A split's excluded classes score -1000 in every mode
         (the release applies its split only to the fusion; a split here means the same whatever the
         mode). ``classes`` (from ``classifier.class_indices``)
-        restricts the vocabulary: ``[N, len(classes) + 1]``."""
+        restricts the vocabulary: ``[N, len(classes) + 1]``. The embedding is the frozen-CLIP
+        branch's region feature (the head's in head mode): frozen CLIP describes any object."""
         if len(features.clip_levels) != 5:
             raise RoIInputError(f"OVSAM recognition needs (P2, P3, P4, P5, C5) from OVSAMSegmenter.encode, "
                                 f"got {len(features.clip_levels)} tensors")
@@ -113,17 +115,19 @@ class OVSAMRecognizer(Recognizer):
             head_logits = self.classifier(region, classes)
         if self.mode != "head":
             clip_box = mask_box if prompt_boxes is None else prompt_boxes
-            clip_logits = self.classifier(self.clip_branch(c5, clip_box), classes)
+            region = self.clip_branch(c5, clip_box)
+            clip_logits = self.classifier(region, classes)
+        embedding = F.normalize(region.float(), dim=-1)
         base, excluded = self.base_mask, self.excluded
         if classes is not None:
             base = None if base is None else base[classes]
             excluded = None if excluded is None else excluded[classes]
         if clip_logits is None:
-            return exclude_classes(head_logits, excluded)
+            return Recognition(exclude_classes(head_logits, excluded), embedding)
         if head_logits is None:
-            return exclude_classes(clip_logits, excluded)
+            return Recognition(exclude_classes(clip_logits, excluded), embedding)
         valid = mask_is_valid(low_res_logits, tuple(c5.shape[-2:]))
-        return fuse_log_scores(head_logits, clip_logits, valid, base, excluded)
+        return Recognition(fuse_log_scores(head_logits, clip_logits, valid, base, excluded), embedding)
 
 
 class OVSAMSegmenter(Segmenter):

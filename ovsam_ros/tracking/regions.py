@@ -86,6 +86,15 @@ def histogram_similarity(p: np.ndarray | None, q: np.ndarray | None) -> float | 
     return float(np.sqrt(p * q).sum())
 
 
+def embedding_similarity(p: np.ndarray | None, q: np.ndarray | None) -> float | None:
+    """Cosine of two region embeddings, clipped at 0 (1 = the same direction); None when one is
+    missing or zero (a mask that covered nothing)."""
+    if p is None or q is None:
+        return None
+    norms = float(np.linalg.norm(p) * np.linalg.norm(q))
+    return max(0.0, float(p @ q) / norms) if norms > 0 else None
+
+
 def label_similarity(p: dict[str, float], q: Sequence[tuple[str, float]]) -> float | None:
     """Bhattacharyya coefficient of two top-k class distributions (names outside either top-k count as
     zero), None when either has no names."""

@@ -7,8 +7,8 @@ Two kinds of track:
   engine's standing prompts, so a track costs one decoder call per frame and never an encode). The
   box is the track's last mask box moved by its velocity. The answer is checked against the
   motion-predicted previous mask (mask IoU) and the track's appearance (colour histogram under the
-  mask, and the top-k class distribution where the model names masks); it is kept, or the frame
-  counts as a miss.
+  mask; where the model names masks, also the recognizer's region embedding, computed for naming
+  anyway, and the top-k class distribution); it is kept, or the frame counts as a miss.
 - **associated** (instances of standing text queries and everything mode, and detector boxes):
   matched to tracks by a cost of overlap (the better of mask and box IoU) and appearance, solved by
   Hungarian assignment
@@ -20,9 +20,9 @@ Hysteresis: a seen track stays on at ``tracking.keep_iou``; once lost it needs
 ``tracking.max_lost_frames`` frames ends (an end event). A tentative track ends on its first miss.
 The class label is the track's mean top-k probability, so one noisy frame does not rename it.
 
-The recognizer's region embedding is not carried out of the predictor on an
-:class:`~ovsam_ros.results.Instance`; its output, the top-k class distribution, is, and serves as
-the recognizer's share of the appearance.
+Instances of text queries and everything mode carry no region embedding (their candidates are named
+in one batch that keeps only the class probabilities); their appearance is colour and class
+distribution.
 
 One thread (the engine's worker) calls a Tracker.
 """
@@ -41,6 +41,7 @@ from ovsam_ros.tracking.association import associate, cost_matrix
 from ovsam_ros.tracking.regions import (
     box_iou_matrix,
     colour_histogram,
+    embedding_similarity,
     histogram_similarity,
     label_similarity,
     main_box,
@@ -58,7 +59,7 @@ VELOCITY_SMOOTHING = 0.5
 """Weight of the newest measured velocity against the track's running one."""
 
 APPEARANCE_SMOOTHING = 0.3
-"""Weight of the newest colour histogram in the track's running one."""
+"""Weight of the newest colour histogram (and region embedding) in the track's running one."""
 
 
 @dataclass(eq=False)
@@ -78,6 +79,7 @@ class Track:
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
     interval: float = 0.0
     histogram: np.ndarray | None = None
+    embedding: np.ndarray | None = None
     label_sums: dict[str, float] = field(default_factory=dict)
     class_indices: dict[str, int] = field(default_factory=dict)
     votes: int = 0
@@ -253,8 +255,10 @@ class Tracker:
             return 0
 
     def _similarity(self, track: Track, inst: Instance, histogram: np.ndarray | None) -> float | None:
-        """Mean of the colour and the class-distribution similarities that both sides have."""
+        """Mean of the colour, region-embedding and class-distribution similarities that both sides
+        have."""
         values = [v for v in (histogram_similarity(track.histogram, histogram),
+                              embedding_similarity(track.embedding, inst.embedding),
                               label_similarity(track.label_sums, inst.top_k)) if v is not None]
         return float(np.mean(values)) if values else None
 
@@ -292,7 +296,7 @@ class Tracker:
                       state=TrackState.CONFIRMED if confirmed else TrackState.TENTATIVE)
         if histogram is None and image is not None:
             histogram = colour_histogram(image, inst.mask, inst.bbox)
-        track.histogram = histogram
+        track.histogram, track.embedding = histogram, inst.embedding
         self._vote(track, inst)
         self._tracks[track.id] = track
         return track
@@ -301,6 +305,7 @@ class Tracker:
         track.instance, track.stamp, track.misses, track._box = inst, max(stamp, track.stamp), 0, None
         track.state, track.velocity = TrackState.CONFIRMED, np.zeros(2)
         track.histogram = None if image is None else colour_histogram(image, inst.mask, inst.bbox)
+        track.embedding = inst.embedding
         track.label_sums.clear()
         track.votes = 0
         self._vote(track, inst)
@@ -319,6 +324,9 @@ class Tracker:
         if histogram is not None:
             track.histogram = histogram if track.histogram is None else (
                 APPEARANCE_SMOOTHING * histogram + (1 - APPEARANCE_SMOOTHING) * track.histogram)
+        if inst.embedding is not None:
+            track.embedding = inst.embedding if track.embedding is None else (
+                APPEARANCE_SMOOTHING * inst.embedding + (1 - APPEARANCE_SMOOTHING) * track.embedding)
         track.instance, track.stamp, track._box = inst, stamp, None
         track.hits += 1
         track.misses = 0
