@@ -115,14 +115,12 @@ def build_processor(args: argparse.Namespace, needs_names: bool) -> tuple[Any, s
     """The prompt processor with its vocabulary set (when the model can name masks); returns it and the
     vocabulary label ("" when recognition is off)."""
     from ovsam_ros.pipeline import build_processor as build
+    from ovsam_ros.pipeline import require_names
 
     processor = build(*processor_configs(args), progress=not args.quiet)
-    if processor.vocabulary is None:
-        if needs_names:
-            raise CliError(f"text queries need a recognizer, and the {args.model} model only segments "
-                           "(use an OVSAM preset, or --clip-model with mobilesam / sam-clip)")
-        return processor, ""
-    return processor, processor.vocabulary.label
+    if needs_names:
+        require_names(processor, args.model)
+    return processor, "" if processor.vocabulary is None else processor.vocabulary.label
 
 
 def answer_image(processor: Any, rgb: np.ndarray, prompts: list[Prompt], frame_id: str,

@@ -165,7 +165,7 @@ class LabelWorker:
         import ray
         import torch
 
-        from ovsam_ros.pipeline import PipelineError, build_processor
+        from ovsam_ros.pipeline import build_processor, require_names
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -177,10 +177,8 @@ class LabelWorker:
         started = time.perf_counter()
         try:
             processor = build_processor(job.model, job.vocab, job.everything, progress=False)
-            if processor.vocabulary is None and job.replay.text.strip():
-                raise PipelineError(f"text queries need a recognizer, and the {job.model.preset} model "
-                                    "only segments (use an OVSAM preset, or --clip-model with mobilesam / "
-                                    "sam-clip)")
+            if job.replay.text.strip():
+                require_names(processor, job.model.preset)
             self.processor = processor
         except Exception as exc:  # every bag given to this worker then fails with this reason
             self.error = f"cannot build the model: {type(exc).__name__}: {exc}"

@@ -280,6 +280,14 @@ class PromptProcessor:
         return self._extended[1]
 
 
+def require_names(processor: PromptProcessor, preset: str) -> None:
+    """Text queries are answered by naming masks: refuse a model that only segments, with the way out
+    (one message for the CLI and the fleet's workers)."""
+    if processor.vocabulary is None:
+        raise PipelineError(f"text queries need a recognizer, and the {preset} model only segments (use an "
+                            "OVSAM preset, or --clip-model with mobilesam / sam-clip)")
+
+
 def build_processor(model: ModelConfig | None = None, vocab: VocabConfig | None = None,
                     everything: EverythingConfig | None = None, progress: bool = True) -> PromptProcessor:
     """The configured model with its vocabulary set where the model can name masks. An unreadable
