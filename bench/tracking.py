@@ -6,6 +6,10 @@ Prints JSON (stable keys): per sequence ``frames``, ``mota``, ``idf1``, ``num_sw
 ``num_false_positives``, ``num_misses``, ``mostly_tracked``, ``num_unique_objects``, ``mean_iou``
 (tracked mask against its toy, over the matched frames), ``encodes``, ``wall_s`` and ``ms_per_frame``;
 and ``load_average`` before and after. ``python bench/tracking.py --json bench/results/tracking-cpu.json``
+
+``--clip-model ARCH --clip-weights FILE`` names the masks with that open_clip model (a one-class
+vocabulary, "toy"), so the re-prompt checks also use the recognizer's region embedding and the class
+distribution.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,10 +25,10 @@ import numpy as np
 
 from ovsam_ros import assets
 from ovsam_ros.bench import emit
-from ovsam_ros.config import OvsamConfig, TrackingConfig
+from ovsam_ros.config import ModelConfig, OvsamConfig, TrackingConfig, VocabConfig
 from ovsam_ros.engine import EngineConfig
 from ovsam_ros.model.presets import build_model
-from ovsam_ros.pipeline import PromptProcessor
+from ovsam_ros.pipeline import PromptProcessor, build_processor
 from ovsam_ros.predictor import Predictor
 from ovsam_ros.ros.factory import RosbagsFactory
 from ovsam_ros.ros.image_conversions import numpy_to_image
@@ -84,11 +89,22 @@ def run_sequence(processor: PromptProcessor, seq: sequences.TrackingSequence) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--clip-model", default="", help="an open_clip architecture that names the masks")
+    parser.add_argument("--clip-weights", type=Path, help="its checkpoint file")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    model = build_model("mobilesam", files={"sam": assets.mobile_sam_checkpoint()})
-    processor = PromptProcessor(Predictor(model))
-    report = {"model": "mobilesam", "sequences": {}}
+    sam = assets.mobile_sam_checkpoint()
+    if args.clip_model:
+        with tempfile.TemporaryDirectory() as tmp:
+            names = Path(tmp) / "toy.txt"
+            names.write_text("toy\n")
+            processor = build_processor(
+                ModelConfig(preset="mobilesam", weights_dir=str(sam.parent), clip_model=args.clip_model,
+                            clip_weights=str(args.clip_weights or ""), device="cpu"),
+                VocabConfig(vocabulary=str(names)), progress=False)
+    else:
+        processor = PromptProcessor(Predictor(build_model("mobilesam", files={"sam": sam})))
+    report = {"model": "mobilesam", "clip_model": args.clip_model, "sequences": {}}
     for seq in sequences.all_sequences():
         report["sequences"][seq.name] = run_sequence(processor, seq)
         print(json.dumps({seq.name: report["sequences"][seq.name]}), flush=True)
