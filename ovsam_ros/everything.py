@@ -367,6 +367,24 @@ def active_vocabulary(predictor: Any, vocabulary: Vocabulary | None) -> Vocabula
     return vocabulary
 
 
+def recognize_candidates(
+    predictor: Any,
+    features: ImageFeatures,
+    candidates: Candidates,
+    vocabulary: Vocabulary | None = None,
+    vocab_config: VocabConfig | None = None,
+) -> tuple[list[Naming], np.ndarray] | None:
+    """One :class:`Naming` per candidate (top-k; unnamed below the score threshold) and the region
+    embeddings ``[K, D]`` they came from (tracking's appearance), or None when recognition is off."""
+    if not predictor.can_name:
+        return None
+    log_scores, embedding = predictor.recognize_regions(features, candidates.low_res_logits)
+    vocab_config = VocabConfig() if vocab_config is None else vocab_config
+    namings = name_instances(log_scores.softmax(dim=-1), active_vocabulary(predictor, vocabulary),
+                             vocab_config.top_k, vocab_config.score_threshold)
+    return namings, embedding.cpu().numpy()
+
+
 def name_candidates(
     predictor: Any,
     features: ImageFeatures,
@@ -374,14 +392,9 @@ def name_candidates(
     vocabulary: Vocabulary | None = None,
     vocab_config: VocabConfig | None = None,
 ) -> list[Naming] | None:
-    """One :class:`Naming` per candidate (top-k; unnamed below the score threshold), or None when
-    recognition is off."""
-    if not predictor.can_name:
-        return None
-    probs = predictor.recognize_masks(features, candidates.low_res_logits)
-    vocab_config = VocabConfig() if vocab_config is None else vocab_config
-    return name_instances(probs, active_vocabulary(predictor, vocabulary), vocab_config.top_k,
-                          vocab_config.score_threshold)
+    """The namings of :func:`recognize_candidates` alone."""
+    recognized = recognize_candidates(predictor, features, candidates, vocabulary, vocab_config)
+    return None if recognized is None else recognized[0]
 
 
 def segment_everything(
@@ -399,8 +412,9 @@ def segment_everything(
     named when the model has a recognizer and a vocabulary. See :func:`generate_candidates`."""
     candidates = generate_candidates(predictor, features, config, mask_nms_threshold=mask_nms_threshold,
                                      min_region_area=min_region_area)
-    namings = name_candidates(predictor, features, candidates, vocabulary, vocab_config)
-    return candidates_to_instances(candidates, namings, PromptKind.EVERYTHING, prompt_id)
+    recognized = recognize_candidates(predictor, features, candidates, vocabulary, vocab_config)
+    return candidates_to_instances(candidates, *(recognized or (None, None)), PromptKind.EVERYTHING,
+                                   prompt_id)
 
 
 def everything_records(
@@ -424,9 +438,11 @@ def everything_records(
     return candidates_to_records(candidates, namings, output_mode)
 
 
-def candidates_to_instances(candidates: Candidates, namings: Sequence[Naming] | None, kind: PromptKind,
+def candidates_to_instances(candidates: Candidates, namings: Sequence[Naming] | None,
+                            embeddings: np.ndarray | None, kind: PromptKind,
                             prompt_id: str) -> list[Instance]:
-    """Instances with full-resolution masks; ``id`` is ``"<prompt_id>/<rank>"``."""
+    """Instances with full-resolution masks; ``id`` is ``"<prompt_id>/<rank>"``; ``embeddings``
+    ``[K, D]`` the recognizer's region embeddings (None when recognition is off)."""
     instances = []
     host = _host(candidates)
     for i, mask in enumerate(candidates.masks()):
@@ -437,6 +453,8 @@ def candidates_to_instances(candidates: Candidates, namings: Sequence[Naming] | 
             naming = namings[i]
             inst.label, inst.class_index, inst.score = naming.label, naming.class_index, naming.score
             inst.top_k = list(naming.top_k)
+        if embeddings is not None:
+            inst.embedding = embeddings[i]
         instances.append(inst)
     return instances
 

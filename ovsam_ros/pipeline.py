@@ -239,7 +239,7 @@ class PromptProcessor:
         return name_instances(probs, self.vocabulary, config.top_k, config.score_threshold)
 
     def answer(self, features: ImageFeatures, prompts: list[Prompt]) -> list[Instance]:
-        from ovsam_ros.everything import candidates_to_instances, generate_candidates, name_candidates
+        from ovsam_ros.everything import candidates_to_instances, generate_candidates, recognize_candidates
         from ovsam_ros.queries import find_text_instances
 
         direct = [p for p in prompts if p.kind in (PromptKind.POINT, PromptKind.BOX)]
@@ -259,9 +259,10 @@ class PromptProcessor:
                                            self._base_mask, extended=extended, candidates=candidates,
                                            vocab_config=self.vocab_config)
             else:
-                namings = name_candidates(self.predictor, features, candidates, self.vocabulary,
-                                          self.vocab_config)
-                out += candidates_to_instances(candidates, namings, PromptKind.EVERYTHING, prompt.id)
+                recognized = recognize_candidates(self.predictor, features, candidates, self.vocabulary,
+                                                  self.vocab_config)
+                out += candidates_to_instances(candidates, *(recognized or (None, None)),
+                                               PromptKind.EVERYTHING, prompt.id)
         return out
 
     def _query_set(self, text: str) -> Any:

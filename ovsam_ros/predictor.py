@@ -491,18 +491,6 @@ class Predictor:
                                                          label_embedding)
             return Recognition(log_scores.float(), embedding.float())
 
-    def class_log_scores(self, features: ImageFeatures, low_res_logits: torch.Tensor,
-                         boxes: torch.Tensor | None = None,
-                         label_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """The log-scores of :meth:`recognize_regions`."""
-        return self.recognize_regions(features, low_res_logits, boxes, label_embedding).log_scores
-
-    def recognize_masks(self, features: ImageFeatures, low_res_logits: torch.Tensor,
-                        boxes: torch.Tensor | None = None,
-                        label_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """Class probabilities ``[K, C + 1]``: the softmax of :meth:`class_log_scores`."""
-        return self.class_log_scores(features, low_res_logits, boxes, label_embedding).softmax(dim=-1)
-
     def _instance(self, host: Prediction, row: int, prompt: Prompt) -> Instance:
         best = int(host.mask_score[row].argmax())
         inst = Instance(

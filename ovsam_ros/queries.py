@@ -227,9 +227,10 @@ def _check_recognition(predictor: Any, query_set: QuerySet) -> None:
 
 
 def _box_candidates(predictor: Any, features: ImageFeatures,
-                    boxes: np.ndarray) -> tuple[Candidates, torch.Tensor]:
-    """Masks of detector boxes as candidates, with their probabilities over the query vocabulary
-    (the predictor's recognition, which gets the prompt boxes as the released model does)."""
+                    boxes: np.ndarray) -> tuple[Candidates, torch.Tensor, torch.Tensor]:
+    """Masks of detector boxes as candidates, with their probabilities over the query vocabulary and
+    their region embeddings (the predictor's recognition, which gets the prompt boxes as the released
+    model does)."""
     pred = predictor.predict_on(features, boxes=boxes, multimask_output=False)
     masks = pred.masks[:, 0]
     probs = torch.cat([pred.probs, pred.background[:, None]], dim=1)
@@ -239,7 +240,7 @@ def _box_candidates(predictor: Any, features: ImageFeatures,
         rles=encode_masks(masks), boxes=amg.batched_mask_to_box(masks).float(), points=centres,
         mask_score=pred.mask_score[:, 0], stability_score=pred.stability_score[:, 0],
         low_res_logits=pred.low_res_logits[:, 0], image_size=tuple(masks.shape[-2:]))
-    return candidates, probs
+    return candidates, probs, pred.embedding
 
 
 def find_text_instances(
@@ -277,18 +278,20 @@ def find_text_instances(
     restore = (vocab_embeddings, base_mask)
     if candidates is None and boxes is not None:
         with _query_vocabulary(predictor, extended, restore):
-            candidates, probs = _box_candidates(predictor, features, boxes)
+            candidates, probs, embedding = _box_candidates(predictor, features, boxes)
     else:
         if candidates is None:
             candidates = generate_candidates(predictor, features, config)
         with _query_vocabulary(predictor, extended, restore):
-            probs = predictor.recognize_masks(features, candidates.low_res_logits)
+            log_scores, embedding = predictor.recognize_regions(features, candidates.low_res_logits)
+            probs = log_scores.softmax(dim=-1)
     matches = match_queries(probs, query_set.query_class, vocab_config.text_threshold)
     order = np.lexsort((-matches.score.cpu().numpy(), matches.query.cpu().numpy()))
     chosen = matches.candidate.cpu().numpy()[order]
     namings = name_instances(probs[torch.as_tensor(chosen, device=probs.device)], query_set.names,
                              vocab_config.top_k)
-    instances = candidates_to_instances(candidates.subset(chosen), None, PromptKind.TEXT, "")
+    embeddings = embedding[torch.as_tensor(chosen, device=embedding.device)].cpu().numpy()
+    instances = candidates_to_instances(candidates.subset(chosen), None, embeddings, PromptKind.TEXT, "")
     numbers: dict[str, int] = {}
     for inst, naming, q in zip(instances, namings, matches.query.cpu().numpy()[order], strict=True):
         phrase = query_set.queries[q]

@@ -36,8 +36,8 @@ class Instance:
     no top_k, ``score`` its top-1 probability.
     ``track_id`` (0 = untracked), ``track_age`` (frames since the track began) and ``track_state``
     are set by :mod:`ovsam_ros.tracking`; a tracked instance's ``id`` is ``str(track_id)``.
-    ``embedding`` is the recognizer's L2-normalised region embedding ``[D]`` (float32) for a prompted
-    instance of a model that names masks, else None: tracking's appearance, never published.
+    ``embedding`` is the recognizer's L2-normalised region embedding ``[D]`` (float32) when the model
+    names masks, else None: tracking's appearance, never published.
     """
 
     mask: np.ndarray

@@ -30,6 +30,7 @@ from ovsam_ros.everything import (
     name_candidates,
     point_grid,
     quality_keep,
+    recognize_candidates,
     segment_everything,
 )
 from ovsam_ros.model.base import ImageFeatures
@@ -120,7 +121,7 @@ def test_records_are_sams(scene) -> None:
 @pytest.mark.slow
 def test_instances(scene) -> None:
     _, _, candidates, _ = scene
-    instances = candidates_to_instances(candidates, None, PromptKind.EVERYTHING, "everything")
+    instances = candidates_to_instances(candidates, None, None, PromptKind.EVERYTHING, "everything")
     assert len({inst.id for inst in instances}) == len(instances)
     for inst, mask in zip(instances, candidates.masks(), strict=True):
         assert inst.prompt_kind == PromptKind.EVERYTHING and inst.prompt_id == "everything"
@@ -139,8 +140,12 @@ def test_each_kept_mask_is_named_from_its_own_mask(scene) -> None:
     namings = name_candidates(predictor, features, candidates, vocab, VocabConfig(top_k=2))
     assert [n.label for n in namings] == vocab.display_names
     assert all(len(n.top_k) == 2 and n.top_k[0] == (n.label, n.score) for n in namings)
-    instances = candidates_to_instances(candidates, namings, PromptKind.EVERYTHING, "everything")
+    same, embeddings = recognize_candidates(predictor, features, candidates, vocab, VocabConfig(top_k=2))
+    assert same == namings
+    np.testing.assert_allclose(embeddings, F.normalize(pooled, dim=-1).numpy(), rtol=1e-5, atol=1e-6)
+    instances = candidates_to_instances(candidates, namings, embeddings, PromptKind.EVERYTHING, "everything")
     assert [inst.class_index for inst in instances] == list(range(len(candidates)))
+    assert all(np.array_equal(inst.embedding, e) for inst, e in zip(instances, embeddings, strict=True))
     records = candidates_to_records(candidates, namings)
     assert [r["label"] for r in records] == vocab.display_names
     with pytest.raises(EverythingError, match="set_vocabulary"):

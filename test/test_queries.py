@@ -224,6 +224,7 @@ def test_only_the_constructed_candidate_answers(scene) -> None:
     assert inst.class_index == -1  # an appended phrase has no index in the vocabulary
     assert np.array_equal(inst.mask, candidates.masks()[target])
     assert inst.top_k[0] == ("red mug", inst.score) and len(inst.top_k) == 3
+    np.testing.assert_allclose(inst.embedding, regions[target].numpy(), rtol=1e-5, atol=1e-6)  # its region
     # the recognizer names with the vocabulary alone again afterwards
     assert predictor.model.recognizer.num_classes == len(vocab)
     above = VocabConfig(text_threshold=min(1.0, inst.score + 1e-6))
@@ -266,6 +267,7 @@ def test_detector_boxes_as_candidates(scene, bear) -> None:
                                 vocab_config=VocabConfig(text_threshold=0.0))
     assert [inst.label for inst in found] == ["toy robot"]
     assert np.array_equal(found[0].mask, pred.masks[1, 0].numpy())
+    np.testing.assert_allclose(found[0].embedding, regions[1].numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

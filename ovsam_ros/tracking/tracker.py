@@ -20,9 +20,9 @@ Hysteresis: a seen track stays on at ``tracking.keep_iou``; once lost it needs
 ``tracking.max_lost_frames`` frames ends (an end event). A tentative track ends on its first miss.
 The class label is the track's mean top-k probability, so one noisy frame does not rename it.
 
-Instances of text queries and everything mode carry no region embedding (their candidates are named
-in one batch that keeps only the class probabilities); their appearance is colour and class
-distribution.
+Every instance of a model that names masks carries the recognizer's region embedding (prompted,
+text-query and everything-mode alike), so it is part of the appearance wherever there is a
+recognizer.
 
 One thread (the engine's worker) calls a Tracker.
 """
