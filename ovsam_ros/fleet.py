@@ -28,13 +28,16 @@ not need it. Dependencies point inwards: fleet -> bag (-> session -> engine) and
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ MANIFEST = "manifest.json"
 COCO = "coco.json"
 PARTIAL = ".partial"
 """Folder in OUT_DIR where bags are written before they are renamed into place."""
+LOCK = ".lock"
+"""File in OUT_DIR that a run holds locked (see :func:`output_lock`)."""
 BAG_SUFFIXES = (".mcap", ".db3")
 LOCAL_RAY = {"include_dashboard": False}
 """How a local Ray starts (see also :func:`loopback_ray`)."""
@@ -66,6 +71,29 @@ def loopback_ray() -> None:
 
 class FleetError(ValueError):
     """Inputs or an output folder the fleet cannot work with; the message says what is wrong."""
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold OUT_DIR for this run alone: a second run into it would delete the first's staging folder and
+    both would rewrite the manifest. An advisory ``flock`` that the kernel drops when its process ends,
+    so a killed run leaves no stale lock; the file names the holder for the refusal."""
+    with open(out / LOCK, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FleetError(f"{out} is being labelled by another `ovsam-ros fleet label` ({holder}); "
+                             "wait for it to end or choose another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -283,10 +311,16 @@ def label_fleet(inputs: Sequence[str | Path], out_dir: str | Path, job: FleetJob
     are skipped. ``address`` joins a Ray cluster (``"auto"``: the running one); otherwise a Ray already
     initialised in this process is used, or a local one started with ``num_cpus``. ``workers``: model
     actors (default: one per GPU, else one); a killed worker is restarted and its bag retried ``retries``
-    times."""
+    times. A second run into ``out_dir`` is refused while this one holds it (:func:`output_lock`)."""
     out = Path(out_dir)
     bags = find_bags(inputs, out)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _label(bags, out, job, workers, address, num_cpus, retries, progress)
+
+
+def _label(bags: dict[str, Path], out: Path, job: FleetJob, workers: int | None, address: str | None,
+           num_cpus: int | None, retries: int, progress: bool) -> FleetRun:
     manifest = read_manifest(out)
     settings = job.settings()
     key = settings_hash(settings)

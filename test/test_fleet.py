@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,11 +29,13 @@ from ovsam_ros.config import EverythingConfig, ModelConfig, VocabConfig
 from ovsam_ros.fleet import (
     CRASH_ENV,
     LOCAL_RAY,
+    LOCK,
     MANIFEST,
     FleetJob,
     content_hash,
     find_bags,
     loopback_ray,
+    output_lock,
     settings_hash,
 )
 
@@ -167,7 +172,7 @@ def test_killed_worker_is_restarted_and_its_bag_done_once(first_run):
     restarted = manifest["workers"][f"worker_{entry['worker']}"]
     assert len(restarted["pids"]) == 2  # a new process took over
     assert not (out / ".partial").exists()  # the killed attempt's half-written bag is gone
-    assert sorted(p.name for p in out.iterdir()) == sorted([*GOOD, MANIFEST, "coco.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*GOOD, MANIFEST, "coco.json", LOCK])
 
 
 @pytest.mark.slow
@@ -236,6 +241,29 @@ def test_bags_are_found_in_folders_and_named_uniquely(tmp_path):
 def test_missing_input_is_one_line(tmp_path):
     code, err = _cli("fleet", "label", str(tmp_path / "nope"), str(tmp_path / "out"))
     assert code == 1 and err.strip() == f"ovsam-ros fleet: error: input {tmp_path / 'nope'} does not exist"
+
+
+def test_a_second_run_into_a_held_folder_is_refused_and_a_killed_holder_frees_it(recordings, tmp_path):
+    """Another process holds the output folder (as a running `fleet label` does): the CLI refuses in one
+    line naming it, before any work; once that process is killed, the folder is free again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = ("import sys; from pathlib import Path; from ovsam_ros.fleet import output_lock\n"
+              f"with output_lock(Path({str(out)!r})):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = _cli("fleet", "label", str(recordings), str(out))
+        assert code == 1 and err.count("\n") == 1
+        assert err.startswith(f"ovsam-ros fleet: error: {out} is being labelled by another `ovsam-ros fleet "
+                              f"label` (pid {holder.pid} on ")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK]  # nothing started, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):  # the kernel dropped the killed holder's lock
+        assert (out / LOCK).read_text() == f"pid {os.getpid()} on {socket.gethostname()}"
 
 
 def test_settings_hash_covers_what_shapes_the_output():
