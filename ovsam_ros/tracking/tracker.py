@@ -116,6 +116,13 @@ class TrackUpdate:
     started: list[int]
 
 
+def _running(old: np.ndarray | None, new: np.ndarray | None) -> np.ndarray | None:
+    """A track's running appearance feature after one more look (``new`` None: no look this time)."""
+    if new is None or old is None:
+        return old if new is None else new
+    return APPEARANCE_SMOOTHING * new + (1 - APPEARANCE_SMOOTHING) * old
+
+
 def _centre(box: np.ndarray) -> np.ndarray:
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
 
@@ -321,12 +328,8 @@ class Tracker:
             track.interval = dt / (track.misses + 1)
         if histogram is None and image is not None:
             histogram = colour_histogram(image, inst.mask, inst.bbox)
-        if histogram is not None:
-            track.histogram = histogram if track.histogram is None else (
-                APPEARANCE_SMOOTHING * histogram + (1 - APPEARANCE_SMOOTHING) * track.histogram)
-        if inst.embedding is not None:
-            track.embedding = inst.embedding if track.embedding is None else (
-                APPEARANCE_SMOOTHING * inst.embedding + (1 - APPEARANCE_SMOOTHING) * track.embedding)
+        track.histogram = _running(track.histogram, histogram)
+        track.embedding = _running(track.embedding, inst.embedding)
         track.instance, track.stamp, track._box = inst, stamp, None
         track.hits += 1
         track.misses = 0
